@@ -248,8 +248,8 @@ class _CachedSolveMixin:
         return self._solve(y, inverse=True)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        """``log|det dy/dx|``: the cached value when ``x`` or ``y`` is the last solve's, else a new solve."""
-        hit = self._lookup(x, y)
+        """``log|det dy/dx|``: the cached value when ``x`` is the last solve's input or output, else a new solve."""
+        hit = self._lookup(x, None)  # the log-det is a function of x alone
         if hit is not None:
             return hit[2]
         y_new, ladj = self._solve(x, inverse=False)
