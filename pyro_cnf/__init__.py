@@ -4,7 +4,20 @@ from .distributions import ConditionalFlowDistribution, FlowDistribution
 from .divergence import Divergence, Exact, Hutchinson
 from .nn import MLPField
 from .ode import Solver, SolverError, solve
-from .transforms import CNF, ConditionalCNF, SolveStats, cnf, conditional_cnf
+from .transforms import (
+    CNF,
+    ConditionalCNF,
+    ConditionalFlowStack,
+    FlowSpec,
+    FlowStack,
+    SolveStats,
+    cnf,
+    conditional_cnf,
+    flow_names,
+    flow_spec,
+    make_flow,
+    register_flow,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -12,9 +25,12 @@ __all__ = [
     "CNF",
     "ConditionalCNF",
     "ConditionalFlowDistribution",
+    "ConditionalFlowStack",
     "Divergence",
     "Exact",
     "FlowDistribution",
+    "FlowSpec",
+    "FlowStack",
     "Hutchinson",
     "MLPField",
     "SolveStats",
@@ -22,5 +38,9 @@ __all__ = [
     "SolverError",
     "cnf",
     "conditional_cnf",
+    "flow_names",
+    "flow_spec",
+    "make_flow",
+    "register_flow",
     "solve",
 ]

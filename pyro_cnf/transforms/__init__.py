@@ -1,5 +1,75 @@
-"""Pyro transforms: continuous normalizing flows (and, later, discrete flows)."""
+"""Pyro transforms: continuous normalizing flows, discrete flow layers and stacks, the registry."""
 
 from .continuous import CNF, ConditionalCNF, SolveStats, cnf, conditional_cnf
+from .linear import ActNorm, InverseTransformModule, LULinear, actnorm, lu_linear
+from .planar_radial import (
+    ConditionalInvertiblePlanar,
+    ConditionalInvertibleRadial,
+    InvertiblePlanar,
+    InvertibleRadial,
+    conditional_planar,
+    conditional_radial,
+    planar,
+    radial,
+)
+from .registry import FlowSpec, flow_names, flow_spec, make_flow, register_flow
+from .stacks import (
+    ConditionalFlowStack,
+    FlowStack,
+    Permutation,
+    bnaf,
+    glow,
+    householder_flow,
+    hybrid,
+    iaf,
+    maf,
+    naf,
+    nsf_autoregressive,
+    nsf_coupling,
+    planar_flow,
+    radial_flow,
+    realnvp,
+    sylvester_flow,
+)
 
-__all__ = ["CNF", "ConditionalCNF", "SolveStats", "cnf", "conditional_cnf"]
+__all__ = [
+    "CNF",
+    "ActNorm",
+    "ConditionalCNF",
+    "ConditionalFlowStack",
+    "ConditionalInvertiblePlanar",
+    "ConditionalInvertibleRadial",
+    "FlowSpec",
+    "FlowStack",
+    "InverseTransformModule",
+    "InvertiblePlanar",
+    "InvertibleRadial",
+    "LULinear",
+    "Permutation",
+    "SolveStats",
+    "actnorm",
+    "bnaf",
+    "cnf",
+    "conditional_cnf",
+    "conditional_planar",
+    "conditional_radial",
+    "flow_names",
+    "flow_spec",
+    "glow",
+    "householder_flow",
+    "hybrid",
+    "iaf",
+    "lu_linear",
+    "maf",
+    "make_flow",
+    "naf",
+    "nsf_autoregressive",
+    "nsf_coupling",
+    "planar",
+    "planar_flow",
+    "radial",
+    "radial_flow",
+    "realnvp",
+    "register_flow",
+    "sylvester_flow",
+]

@@ -1,0 +1,67 @@
+"""A one-pair transform cache that notices when the transform has changed.
+
+Torch's transform cache (``cache_size=1``) returns the last output whenever it is called again on
+the same tensor object, even after an optimizer step has changed the parameters: a density
+estimation loop scoring the same data tensor every step then reuses the first step's result (and
+its freed graph). :class:`StampedCacheMixin` keeps torch's cache but drops it when it is stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["StampedCacheMixin"]
+
+
+class StampedCacheMixin:
+    """Drop torch's cached ``(x, y)`` when it no longer describes the transform.
+
+    The cache is stale after a change of any tensor in :meth:`_stamp_tensors` (an in-place
+    optimizer step bumps their version counters), a switch between ``.train()`` and ``.eval()``
+    of :meth:`_stamp_module`, or for a grad-enabled call when the pair was computed without grad.
+    Put it before the transform class in the bases; it calls ``clear_cache()`` (Pyro's patch of
+    ``Transform``, or an override) to drop the cache.
+    """
+
+    _cache_stamp: tuple[Any, ...] | None = None
+    _cached_x_y: tuple[Any, Any]
+
+    def _stamp_module(self) -> torch.nn.Module:
+        return self  # type: ignore[return-value]
+
+    def _stamp_tensors(self) -> Iterable[Tensor]:
+        return self._stamp_module().parameters()
+
+    def _current_stamp(self) -> tuple[Any, ...]:
+        versions = tuple(t._version for t in self._stamp_tensors())
+        return self._stamp_module().training, torch.is_grad_enabled(), versions
+
+    def _drop_stale_cache(self) -> None:
+        old = self._cache_stamp
+        if old is None:
+            return
+        training, grad_enabled, versions = self._current_stamp()
+        if old[0] != training or old[2] != versions or (grad_enabled and not old[1]):
+            self.clear_cache()  # type: ignore[attr-defined]
+            self._cache_stamp = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The forward map, answered from the cache when ``x`` is the last input and nothing changed."""
+        self._drop_stale_cache()
+        hit = x is self._cached_x_y[0]
+        y = super().__call__(x)  # type: ignore[misc]
+        if not hit:
+            self._cache_stamp = self._current_stamp()
+        return y
+
+    def _inv_call(self, y: Tensor) -> Tensor:
+        self._drop_stale_cache()
+        hit = y is self._cached_x_y[1]
+        x = super()._inv_call(y)  # type: ignore[misc]
+        if not hit:
+            self._cache_stamp = self._current_stamp()
+        return x
