@@ -32,23 +32,10 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform
 
+from .._checks import check_positive_int, check_vector
 from ._cache import StampedCacheMixin
 
 __all__ = ["ActNorm", "InverseTransformModule", "LULinear", "actnorm", "lu_linear"]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_points(layer: str, what: str, x: object, dim: int) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{layer} {what} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] != dim:
-        raise ValueError(
-            f"{layer} {what} must have trailing dimension {dim}, got shape {tuple(x.shape)}"
-        )
 
 
 class ActNorm(StampedCacheMixin, TransformModule):
@@ -94,7 +81,7 @@ class ActNorm(StampedCacheMixin, TransformModule):
 
     def __init__(self, input_dim: int, data_init: bool = True) -> None:
         super().__init__(cache_size=1)
-        _check_positive_int("input_dim", input_dim)
+        check_positive_int("input_dim", input_dim)
         self.input_dim = input_dim
         self.loc = nn.Parameter(torch.zeros(input_dim))
         self.log_scale = nn.Parameter(torch.zeros(input_dim))
@@ -130,12 +117,12 @@ class ActNorm(StampedCacheMixin, TransformModule):
             self._initialize(z, inverse)
 
     def _call(self, x: Tensor) -> Tensor:
-        _check_points("ActNorm", "input", x, self.input_dim)
+        check_vector("ActNorm input", x, self.input_dim)
         self._maybe_initialize(x, inverse=False)
         return x * self.log_scale.exp() + self.loc
 
     def _inverse(self, y: Tensor) -> Tensor:
-        _check_points("ActNorm", "value", y, self.input_dim)
+        check_vector("ActNorm value", y, self.input_dim)
         self._maybe_initialize(y, inverse=True)
         return (y - self.loc) * torch.exp(-self.log_scale)
 
@@ -177,7 +164,7 @@ class LULinear(StampedCacheMixin, TransformModule):
 
     def __init__(self, input_dim: int) -> None:
         super().__init__(cache_size=1)
-        _check_positive_int("input_dim", input_dim)
+        check_positive_int("input_dim", input_dim)
         self.input_dim = input_dim
         q, _ = torch.linalg.qr(torch.randn(input_dim, input_dim))
         perm, lower, upper = torch.linalg.lu(q)
@@ -209,11 +196,11 @@ class LULinear(StampedCacheMixin, TransformModule):
         return (lower @ upper)[self.permutation]
 
     def _call(self, x: Tensor) -> Tensor:
-        _check_points("LULinear", "input", x, self.input_dim)
+        check_vector("LULinear input", x, self.input_dim)
         return F.linear(x, self.weight, self.bias)
 
     def _inverse(self, y: Tensor) -> Tensor:
-        _check_points("LULinear", "value", y, self.input_dim)
+        check_vector("LULinear value", y, self.input_dim)
         lower, upper = self._factors()
         z = (y - self.bias)[..., torch.argsort(self.permutation)]  # P^T (y - c)
         rows = z.reshape(-1, self.input_dim)

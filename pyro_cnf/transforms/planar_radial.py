@@ -54,6 +54,7 @@ from pyro.distributions.transforms.radial import ConditionalRadial, ConditionedR
 from pyro.nn import DenseNN
 from torch import Tensor
 
+from .._checks import check_context, check_positive_int, check_vector
 from ._cache import StampedCacheMixin
 
 __all__ = [
@@ -68,19 +69,6 @@ __all__ = [
 ]
 
 Params = Callable[[], Sequence[Tensor]] | Sequence[Tensor]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_vector(name: str, x: object, dim: int | None) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or (dim is not None and x.shape[-1] != dim):
-        expected = "at least one dimension" if dim is None else f"trailing dimension {dim}"
-        raise ValueError(f"{name} must have {expected}, got shape {tuple(x.shape)}")
 
 
 def _planar_pre_activation(wu: Tensor, target: Tensor) -> Tensor:
@@ -152,7 +140,7 @@ class _PairCacheMixin(StampedCacheMixin):
             yield self._context
 
     def _call(self, x: Tensor) -> Tensor:
-        _check_vector("input", x, self.input_dim)
+        check_vector("input", x, self.input_dim, finite=False)
         y = super()._call(x)  # type: ignore[misc]  # Pyro's forward map and log-det
         self._pair = (x, y, self._cached_logDetJ)
         return y
@@ -194,7 +182,7 @@ class _ConditionedInvertiblePlanar(_PairCacheMixin, ConditionedPlanar):
 
     def _inverse(self, y: Tensor) -> Tensor:
         bias, u, w = self._params() if callable(self._params) else self._params
-        _check_vector("value", y, w.shape[-1])
+        check_vector("value", y, w.shape[-1], finite=False)
         u_hat = self.u_hat(u, w)
         wu = (w * u_hat).sum(-1, keepdim=True)
         pre = _planar_pre_activation(wu, (w * y).sum(-1, keepdim=True) + bias)
@@ -229,7 +217,7 @@ class InvertiblePlanar(_ConditionedInvertiblePlanar, Planar):
     """
 
     def __init__(self, input_dim: int) -> None:
-        _check_positive_int("input_dim", input_dim)
+        check_positive_int("input_dim", input_dim)
         Planar.__init__(self, input_dim)
 
 
@@ -250,7 +238,7 @@ class _ConditionedInvertibleRadial(_PairCacheMixin, ConditionedRadial):
 
     def _inverse(self, y: Tensor) -> Tensor:
         x0, alpha_prime, beta_prime = self._params() if callable(self._params) else self._params
-        _check_vector("value", y, x0.shape[-1])
+        check_vector("value", y, x0.shape[-1], finite=False)
         alpha = F.softplus(alpha_prime)  # the same constraints as Pyro's forward
         beta = -alpha + F.softplus(beta_prime)
         diff = y - x0
@@ -282,7 +270,7 @@ class InvertibleRadial(_ConditionedInvertibleRadial, Radial):
     """
 
     def __init__(self, input_dim: int) -> None:
-        _check_positive_int("input_dim", input_dim)
+        check_positive_int("input_dim", input_dim)
         Radial.__init__(self, input_dim)
 
 
@@ -291,10 +279,6 @@ def _dims_from_dense_nn(nn: object, which: int) -> tuple[int | None, int | None]
     if isinstance(nn, DenseNN):
         return int(nn.param_dims[which]), int(nn.input_dim)
     return None, None
-
-
-def _check_context(context: object, context_dim: int | None) -> None:
-    _check_vector("context", context, context_dim)
 
 
 class ConditionalInvertiblePlanar(ConditionalPlanar):
@@ -329,7 +313,7 @@ class ConditionalInvertiblePlanar(ConditionalPlanar):
 
     def condition(self, context: Tensor) -> _ConditionedInvertiblePlanar:
         """Bind the flow to ``context`` (shape ``(..., context_dim)``, broadcast against the points)."""
-        _check_context(context, self.context_dim)
+        check_context(context, self.context_dim)
         return _ConditionedInvertiblePlanar(
             partial(self._params, context), self.input_dim, owner=self, context=context
         )
@@ -367,7 +351,7 @@ class ConditionalInvertibleRadial(ConditionalRadial):
 
     def condition(self, context: Tensor) -> _ConditionedInvertibleRadial:
         """Bind the flow to ``context`` (shape ``(..., context_dim)``, broadcast against the points)."""
-        _check_context(context, self.context_dim)
+        check_context(context, self.context_dim)
         return _ConditionedInvertibleRadial(
             partial(self._params, context), self.input_dim, owner=self, context=context
         )
@@ -417,8 +401,8 @@ def conditional_planar(
         >>> conditional_planar(2, 1).condition(torch.ones(1)).inv(torch.zeros(3, 2)).shape
         torch.Size([3, 2])
     """
-    _check_positive_int("input_dim", input_dim)
-    _check_positive_int("context_dim", context_dim)
+    check_positive_int("input_dim", input_dim)
+    check_positive_int("context_dim", context_dim)
     nn = DenseNN(context_dim, _hidden(input_dim, hidden_dims), param_dims=[1, input_dim, input_dim])
     return ConditionalInvertiblePlanar(nn, input_dim, context_dim)
 
@@ -437,7 +421,7 @@ def conditional_radial(
         >>> conditional_radial(2, 1).condition(torch.ones(1)).inv(torch.zeros(3, 2)).shape
         torch.Size([3, 2])
     """
-    _check_positive_int("input_dim", input_dim)
-    _check_positive_int("context_dim", context_dim)
+    check_positive_int("input_dim", input_dim)
+    check_positive_int("context_dim", context_dim)
     nn = DenseNN(context_dim, _hidden(input_dim, hidden_dims), param_dims=[input_dim, 1, 1])
     return ConditionalInvertibleRadial(nn, input_dim, context_dim)

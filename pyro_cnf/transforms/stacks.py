@@ -27,6 +27,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule, Transform
 from torch import Tensor
 from torch.distributions import Transform
 
+from .._checks import check_context, check_positive_int, check_vector
 from ._cache import StampedCacheMixin
 from .continuous import CNF, ConditionalCNF
 from .linear import InverseTransformModule, actnorm, lu_linear
@@ -50,17 +51,6 @@ __all__ = [
     "realnvp",
     "sylvester_flow",
 ]
-
-
-def _check_points(x: Tensor, input_dim: int, what: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"flow {what} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] != input_dim:
-        raise ValueError(
-            f"flow {what} must have trailing dimension {input_dim}, got shape {tuple(x.shape)}"
-        )
-    if not torch.isfinite(x).all():
-        raise ValueError(f"flow {what} contains NaN or inf")
 
 
 class Permutation(TransformModule):
@@ -247,7 +237,7 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
 
     def __call__(self, x: Tensor) -> Tensor:
         """The forward map (base -> data)."""
-        _check_points(x, self.input_dim, "input")
+        check_vector("flow input", x, self.input_dim)
         self._drop_stale_cache()
         cached_x, cached_y = self._cached_x_y
         if x is cached_x:
@@ -258,7 +248,7 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
         return y
 
     def _inv_call(self, y: Tensor) -> Tensor:
-        _check_points(y, self.input_dim, "output value")
+        check_vector("flow output value", y, self.input_dim)
         self._drop_stale_cache()
         cached_x, cached_y = self._cached_x_y
         if y is cached_y:
@@ -318,15 +308,7 @@ class ConditionalFlowStack(ConditionalComposeTransformModule):
 
     def condition(self, context: Tensor) -> FlowStack:
         """The stack at ``context`` (shape ``(..., context_dim)``)."""
-        if not isinstance(context, Tensor):
-            raise TypeError(f"context must be a torch.Tensor, got {type(context).__name__}")
-        if context.dim() == 0 or context.shape[-1] != self.context_dim:
-            raise ValueError(
-                f"context must have trailing dimension {self.context_dim}, got shape "
-                f"{tuple(context.shape)}"
-            )
-        if not torch.isfinite(context).all():
-            raise ValueError("context contains NaN or inf")
+        check_context(context, self.context_dim)
         parts = [t.condition(context) for t in self.transforms]
         return FlowStack(parts, self.input_dim, self.inverse_error, owner=self)
 
@@ -342,10 +324,8 @@ def _stack(
     inverse_error: str | None = None,
     prefix: Sequence[Callable[[int], Any]] = (),
 ) -> FlowStack | ConditionalFlowStack:
-    if not isinstance(input_dim, int) or input_dim < 1:
-        raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    check_positive_int("input_dim", input_dim)
+    check_positive_int("num_layers", num_layers)
     if not isinstance(context_dim, int) or context_dim < 0:
         raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}")
     parts: list[Any] = []
@@ -357,6 +337,14 @@ def _stack(
     if context_dim:
         return ConditionalFlowStack(parts, input_dim, context_dim, inverse_error)
     return FlowStack(parts, input_dim, inverse_error)
+
+
+def _layer(
+    context_dim: int, plain: Callable[[], Any], conditional: Callable[[], Any]
+) -> Callable[[int], Any]:
+    """The layer builder for a stack: ``conditional`` when there is a context, else ``plain``."""
+    make = conditional if context_dim else plain
+    return lambda k: make()
 
 
 def _no_context(name: str, context_dim: int) -> None:
@@ -390,17 +378,12 @@ def realnvp(
         >>> realnvp(4, num_layers=2)(torch.randn(3, 4)).shape
         torch.Size([3, 4])
     """
-    if context_dim:
-        return _stack(
-            input_dim,
-            context_dim,
-            lambda k: T.conditional_affine_coupling(input_dim, context_dim, hidden_dims),
-            num_layers,
-            permute=True,
-        )
-    return _stack(
-        input_dim, 0, lambda k: T.affine_coupling(input_dim, hidden_dims), num_layers, True
+    layer = _layer(
+        context_dim,
+        lambda: T.affine_coupling(input_dim, hidden_dims),
+        lambda: T.conditional_affine_coupling(input_dim, context_dim, hidden_dims),
     )
+    return _stack(input_dim, context_dim, layer, num_layers, permute=True)
 
 
 def glow(
@@ -424,15 +407,11 @@ def glow(
         >>> glow(4, num_layers=2)(torch.randn(3, 4)).shape
         torch.Size([3, 4])
     """
-    if context_dim:
-
-        def coupling(k: int) -> Any:
-            return T.conditional_affine_coupling(input_dim, context_dim, hidden_dims)
-    else:
-
-        def coupling(k: int) -> Any:
-            return T.affine_coupling(input_dim, hidden_dims)
-
+    coupling = _layer(
+        context_dim,
+        lambda: T.affine_coupling(input_dim, hidden_dims),
+        lambda: T.conditional_affine_coupling(input_dim, context_dim, hidden_dims),
+    )
     prefix = (lambda k: actnorm(input_dim), lambda k: lu_linear(input_dim))
     return _stack(input_dim, context_dim, coupling, num_layers, False, prefix=prefix)
 
@@ -461,16 +440,12 @@ def maf(
         >>> maf(3, num_layers=2)(torch.randn(2, 3)).shape
         torch.Size([2, 3])
     """
-    if context_dim:
-
-        def layer(k: int) -> Any:
-            return T.conditional_affine_autoregressive(input_dim, context_dim, hidden_dims).inv
-    else:
-
-        def layer(k: int) -> Any:
-            return InverseTransformModule(T.affine_autoregressive(input_dim, hidden_dims))
-
-    return _stack(input_dim, context_dim, layer, num_layers, True)
+    layer = _layer(
+        context_dim,
+        lambda: InverseTransformModule(T.affine_autoregressive(input_dim, hidden_dims)),
+        lambda: T.conditional_affine_autoregressive(input_dim, context_dim, hidden_dims).inv,
+    )
+    return _stack(input_dim, context_dim, layer, num_layers, permute=True)
 
 
 def iaf(
@@ -494,16 +469,12 @@ def iaf(
         >>> iaf(3, num_layers=2)(torch.randn(2, 3)).shape
         torch.Size([2, 3])
     """
-    if context_dim:
-
-        def layer(k: int) -> Any:
-            return T.conditional_affine_autoregressive(input_dim, context_dim, hidden_dims)
-    else:
-
-        def layer(k: int) -> Any:
-            return T.affine_autoregressive(input_dim, hidden_dims)
-
-    return _stack(input_dim, context_dim, layer, num_layers, True)
+    layer = _layer(
+        context_dim,
+        lambda: T.affine_autoregressive(input_dim, hidden_dims),
+        lambda: T.conditional_affine_autoregressive(input_dim, context_dim, hidden_dims),
+    )
+    return _stack(input_dim, context_dim, layer, num_layers, permute=True)
 
 
 def nsf_coupling(
@@ -568,18 +539,14 @@ def nsf_autoregressive(
         >>> nsf_autoregressive(3, num_layers=2)(torch.randn(2, 3)).shape
         torch.Size([2, 3])
     """
-    if context_dim:
-
-        def layer(k: int) -> Any:
-            return T.conditional_spline_autoregressive(
-                input_dim, context_dim, hidden_dims, count_bins, bound
-            )
-    else:
-
-        def layer(k: int) -> Any:
-            return T.spline_autoregressive(input_dim, hidden_dims, count_bins, bound)
-
-    return _stack(input_dim, context_dim, layer, num_layers, True)
+    layer = _layer(
+        context_dim,
+        lambda: T.spline_autoregressive(input_dim, hidden_dims, count_bins, bound),
+        lambda: T.conditional_spline_autoregressive(
+            input_dim, context_dim, hidden_dims, count_bins, bound
+        ),
+    )
+    return _stack(input_dim, context_dim, layer, num_layers, permute=True)
 
 
 def planar_flow(
@@ -599,15 +566,10 @@ def planar_flow(
         >>> planar_flow(2, num_layers=3)(torch.randn(5, 2)).shape
         torch.Size([5, 2])
     """
-    if context_dim:
-        return _stack(
-            input_dim,
-            context_dim,
-            lambda k: conditional_planar(input_dim, context_dim),
-            num_layers,
-            False,
-        )
-    return _stack(input_dim, 0, lambda k: planar(input_dim), num_layers, False)
+    layer = _layer(
+        context_dim, lambda: planar(input_dim), lambda: conditional_planar(input_dim, context_dim)
+    )
+    return _stack(input_dim, context_dim, layer, num_layers, permute=False)
 
 
 def radial_flow(
@@ -627,15 +589,10 @@ def radial_flow(
         >>> radial_flow(2, num_layers=3)(torch.randn(5, 2)).shape
         torch.Size([5, 2])
     """
-    if context_dim:
-        return _stack(
-            input_dim,
-            context_dim,
-            lambda k: conditional_radial(input_dim, context_dim),
-            num_layers,
-            False,
-        )
-    return _stack(input_dim, 0, lambda k: radial(input_dim), num_layers, False)
+    layer = _layer(
+        context_dim, lambda: radial(input_dim), lambda: conditional_radial(input_dim, context_dim)
+    )
+    return _stack(input_dim, context_dim, layer, num_layers, permute=False)
 
 
 def sylvester_flow(input_dim: int, num_layers: int = 4, context_dim: int = 0) -> FlowStack:
@@ -685,15 +642,12 @@ def householder_flow(
         >>> householder_flow(3, num_layers=2)(torch.randn(2, 3)).shape
         torch.Size([2, 3])
     """
-    if context_dim:
-        return _stack(
-            input_dim,
-            context_dim,
-            lambda k: T.conditional_householder(input_dim, context_dim),
-            num_layers,
-            False,
-        )
-    return _stack(input_dim, 0, lambda k: T.householder(input_dim), num_layers, False)
+    layer = _layer(
+        context_dim,
+        lambda: T.householder(input_dim),
+        lambda: T.conditional_householder(input_dim, context_dim),
+    )
+    return _stack(input_dim, context_dim, layer, num_layers, permute=False)
 
 
 def naf(
@@ -723,21 +677,17 @@ def naf(
         >>> naf(2, num_layers=1)(torch.randn(3, 2)).shape
         torch.Size([3, 2])
     """
-    if context_dim:
 
-        def layer(k: int) -> Any:
-            return _ConditionalBisect(
-                T.conditional_neural_autoregressive(
-                    input_dim, context_dim, hidden_dims, width=width
-                )
-            )
-    else:
+    def plain() -> _Bisect:
+        module = T.neural_autoregressive(input_dim, hidden_dims, width=width)
+        return _Bisect(module, module.arn.permutation)
 
-        def layer(k: int) -> Any:
-            module = T.neural_autoregressive(input_dim, hidden_dims, width=width)
-            return _Bisect(module, module.arn.permutation)
+    def conditional() -> _ConditionalBisect:
+        return _ConditionalBisect(
+            T.conditional_neural_autoregressive(input_dim, context_dim, hidden_dims, width=width)
+        )
 
-    return _stack(input_dim, context_dim, layer, num_layers, True)
+    return _stack(input_dim, context_dim, _layer(context_dim, plain, conditional), num_layers, True)
 
 
 def bnaf(
