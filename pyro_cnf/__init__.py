@@ -2,6 +2,7 @@
 
 from .distributions import ConditionalFlowDistribution, FlowDistribution
 from .divergence import Divergence, Exact, Hutchinson
+from .infer import AutoCNF, AutoFlow
 from .nn import MLPField
 from .ode import Solver, SolverError, solve
 from .transforms import (
@@ -23,6 +24,8 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CNF",
+    "AutoCNF",
+    "AutoFlow",
     "ConditionalCNF",
     "ConditionalFlowDistribution",
     "ConditionalFlowStack",
