@@ -2,7 +2,16 @@
 
 from .distributions import ConditionalFlowDistribution, FlowDistribution
 from .divergence import Divergence, Exact, Hutchinson
-from .infer import AutoCNF, AutoFlow
+from .infer import (
+    AutoCNF,
+    AutoFlow,
+    FitError,
+    FitResult,
+    ImportanceDiagnostics,
+    fit_svi,
+    importance_diagnostics,
+    pareto_khat,
+)
 from .nn import MLPField
 from .ode import Solver, SolverError, solve
 from .transforms import (
@@ -31,19 +40,25 @@ __all__ = [
     "ConditionalFlowStack",
     "Divergence",
     "Exact",
+    "FitError",
+    "FitResult",
     "FlowDistribution",
     "FlowSpec",
     "FlowStack",
     "Hutchinson",
+    "ImportanceDiagnostics",
     "MLPField",
     "SolveStats",
     "Solver",
     "SolverError",
     "cnf",
     "conditional_cnf",
+    "fit_svi",
     "flow_names",
     "flow_spec",
+    "importance_diagnostics",
     "make_flow",
+    "pareto_khat",
     "register_flow",
     "solve",
 ]

@@ -51,10 +51,14 @@ class Solver:
             through the solver on the problem sizes of Bayesian posteriors.
         max_num_steps: Step budget of an adaptive solve; exceeding it raises :class:`SolverError`.
         options: Extra options passed to torchdiffeq unchanged (e.g. ``{"first_step": 0.1}``).
+        norm: Error norm of adaptive steps. ``"rms"`` (torchdiffeq's default) averages the error
+            over the whole batch, so a few outlying points can be solved loosely; ``"max"``
+            takes the worst point (RMS over each point's coordinates), so every point meets the
+            tolerance -- what per-draw log-densities for importance weights need.
 
     Example:
-        >>> Solver("rk4", steps=16)
-        Solver(method='rk4', rtol=1e-05, atol=1e-05, steps=16, adjoint=False, max_num_steps=1000, options={})
+        >>> Solver("rk4", steps=16).steps, Solver("dopri5", rtol=1e-7, norm="max").adaptive
+        (16, True)
     """
 
     method: str = "dopri5"
@@ -64,8 +68,11 @@ class Solver:
     adjoint: bool = False
     max_num_steps: int = 1000
     options: Mapping[str, Any] = field(default_factory=dict)
+    norm: str = "rms"
 
     def __post_init__(self) -> None:
+        if self.norm not in ("rms", "max"):
+            raise ValueError(f"norm must be 'rms' or 'max', got {self.norm!r}")
         if self.method not in ADAPTIVE_METHODS + FIXED_METHODS:
             raise ValueError(
                 f"unknown ODE solver method {self.method!r}; valid methods are "
@@ -103,6 +110,8 @@ class Solver:
         options = dict(self.options)
         if self.adaptive:
             options.setdefault("max_num_steps", self.max_num_steps)
+            if self.norm == "max":
+                options.setdefault("norm", _worst_point_norm)
         else:
             steps = self.steps
 
@@ -111,6 +120,12 @@ class Solver:
 
             options.setdefault("grid_constructor", grid)
         return options
+
+
+def _worst_point_norm(state: tuple[Tensor, ...]) -> Tensor:
+    """The largest per-point RMS over a batch: the leading dimension indexes points."""
+    norms = [x.reshape(x.shape[0], -1).pow(2).mean(-1).sqrt().max() for x in state if x.dim()]
+    return torch.stack(norms).max()
 
 
 def solve(

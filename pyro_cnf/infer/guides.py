@@ -53,6 +53,7 @@ class AutoFlow(AutoContinuous):
 
     Example:
         >>> import pyro
+        >>> pyro.clear_param_store()
         >>> def model():
         ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
         >>> guide = AutoFlow(model, "realnvp", num_layers=2)
@@ -200,6 +201,7 @@ class AutoCNF(AutoFlow):
 
     Example:
         >>> import pyro
+        >>> pyro.clear_param_store()
         >>> def model():
         ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
         >>> guide = AutoCNF(model, hidden_dims=(16, 16))

@@ -1,0 +1,140 @@
+"""fit_svi and importance_diagnostics against exact answers (a conjugate model with known log Z)."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_cnf import (
+    AutoCNF,
+    FitError,
+    Hutchinson,
+    Solver,
+    fit_svi,
+    importance_diagnostics,
+    pareto_khat,
+)
+
+Y = torch.tensor([1.2, 0.4, 2.1, 1.7, 0.9, 1.4, 2.5, 0.3, 1.1, 1.6])
+
+
+def model():
+    mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+    pyro.deterministic("twice", 2 * mu)
+    with pyro.plate("data", len(Y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=Y)
+
+
+def exact():
+    """Posterior N(m, s^2) and log Z = log N(y; 0, I + 4 11^T)."""
+    precision = 1 / 4 + len(Y)
+    covariance = torch.eye(len(Y)) + 4.0 * torch.ones(len(Y), len(Y))
+    log_z = dist.MultivariateNormal(torch.zeros(len(Y)), covariance).log_prob(Y)
+    return float(Y.sum() / precision), 1 / math.sqrt(precision), float(log_z)
+
+
+def gaussian_guide(shift, stretch):
+    mean, sd, _ = exact()
+
+    def guide():
+        pyro.sample("mu", dist.Normal(mean + shift * sd, stretch * sd))
+
+    return guide
+
+
+def test_log_evidence_matches_the_exact_value_within_three_standard_errors():
+    _, _, log_z = exact()
+    result = importance_diagnostics(model, gaussian_guide(0.2, 1.3), num_samples=20_000, seed=0)
+    assert abs(result.log_evidence - log_z) < 3 * result.log_evidence_se
+    assert result.log_evidence_se < 0.01
+    assert result.elbo < log_z  # Jensen: the ELBO is a lower bound
+    assert result.khat < 0.5
+    assert 0.3 * result.num_samples < result.ess < result.num_samples
+    assert result.khat_threshold == pytest.approx(min(1 - 1 / math.log10(20_000), 0.7))
+
+
+def test_resampled_draws_recover_the_posterior_from_a_biased_guide():
+    mean, sd, _ = exact()
+    result = importance_diagnostics(model, gaussian_guide(0.8, 1.5), num_samples=20_000, seed=1)
+    mu = result.draws["mu"]
+    assert mu.shape == (20_000,)
+    assert abs(float(mu.mean()) - mean) < 0.05 * sd * 10  # the guide is 0.8 sd off; draws are not
+    assert abs(float(mu.std()) - sd) < 0.05 * sd
+    assert torch.allclose(result.draws["twice"], 2 * mu)
+
+
+def test_a_too_narrow_guide_gets_a_large_khat():
+    result = importance_diagnostics(model, gaussian_guide(0.0, 0.4), num_samples=10_000, seed=2)
+    assert result.khat > result.khat_threshold
+    assert "poor" in result.summary()
+
+
+def test_pareto_khat_matches_a_known_tail():
+    # weights w with a generalized Pareto tail of shape k: w = ((1 - u)^-k - 1) / k
+    torch.manual_seed(3)
+    u = torch.rand(100_000)
+    for k in (0.3, 0.8):
+        weights = ((1 - u).pow(-k) - 1) / k
+        assert abs(pareto_khat(weights.log()) - k) < 0.1
+
+
+def test_fit_svi_then_diagnostics_of_an_autocnf_with_hutchinson_training():
+    _, _, log_z = exact()
+    guide = AutoCNF(model, hidden_dims=(8, 8), solver=Solver("rk4", steps=8))
+    result = fit_svi(
+        model, guide, num_steps=300, optimizer=pyro.optim.Adam({"lr": 0.03}), progress=False, seed=0
+    )
+    assert len(result.losses) == 300
+    assert sum(result.losses[-30:]) / 30 < sum(result.losses[:30]) / 30 - 1.0
+    guide.flow.divergence = Hutchinson()  # a stochastic trace: diagnostics must not use it
+    diagnostics = importance_diagnostics(model, guide, num_samples=10_000, seed=0)
+    assert isinstance(guide.flow.divergence, Hutchinson) and guide.training  # restored afterwards
+    assert abs(diagnostics.log_evidence - log_z) < 3 * diagnostics.log_evidence_se + 1e-3
+    assert diagnostics.khat < 0.5
+
+
+def test_fit_svi_stops_at_a_non_finite_loss_and_restores_parameters():
+    calls = {"n": 0}
+
+    def exploding_model():
+        calls["n"] += 1
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        if calls["n"] > 4:  # the fifth model call is SVI step 3 (the first step also traces setup)
+            pyro.factor("boom", torch.tensor(float("nan")) * mu)
+
+    guide = AutoNormal(exploding_model)
+    pyro.enable_validation(False)  # let the NaN reach the loss instead of a validation error
+    with pytest.raises(FitError, match=r"SVI step \d+ gave loss nan; parameters restored") as error:
+        fit_svi(exploding_model, guide, num_steps=20, progress=False, seed=0)
+    pyro.enable_validation(True)
+    step = int(str(error.value).split("step ")[1].split()[0])
+    assert step >= 1
+    for name, value in pyro.get_param_store().items():
+        assert torch.isfinite(value).all(), name
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 2"):
+        importance_diagnostics(model, gaussian_guide(0, 1), num_samples=1)
+    with pytest.raises(ValueError, match="no CNF with regularization terms"):
+        fit_svi(model, AutoNormal(model), num_steps=2, regularization_weight=1.0, progress=False)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        fit_svi(model, AutoNormal(model), num_steps=0)
+
+
+def test_regularized_fit_adds_the_penalty():
+    guide = AutoCNF(
+        model,
+        hidden_dims=(8,),
+        solver=Solver("rk4", steps=4),
+        regularization=("kinetic", "jacobian"),
+    )
+    result = fit_svi(model, guide, num_steps=5, regularization_weight=0.5, progress=False, seed=0)
+    assert len(result.losses) == 5
+    terms = guide.flow.regularization_terms
+    assert set(terms) == {"kinetic", "jacobian"} and all(
+        torch.isfinite(t).all() for t in terms.values()
+    )
