@@ -106,3 +106,32 @@ def test_local_latents_in_a_subsampled_plate_are_a_clear_error():
 def test_unknown_flow_name():
     with pytest.raises(ValueError, match="unknown flow 'nvp'"):
         AutoFlow(conjugate_model, "nvp")
+
+
+def test_interval_and_correlation_cholesky_latents():
+    def model():
+        rho = pyro.sample("rho", dist.Uniform(-1.0, 1.0))
+        chol = pyro.sample("chol", dist.LKJCholesky(3, concentration=2.0))
+        covariance = chol @ chol.transpose(-1, -2)
+        pyro.sample("obs", dist.Normal(rho, 1.0), obs=torch.tensor(0.2))
+        pyro.deterministic("trace", covariance.diagonal(dim1=-2, dim2=-1).sum(-1))
+
+    guide = AutoCNF(model, hidden_dims=(8,), solver=Solver("rk4", steps=4))
+    svi = SVI(
+        model,
+        guide,
+        pyro.optim.Adam({"lr": 1e-3}),
+        Trace_ELBO(num_particles=3, vectorize_particles=True),
+    )
+    assert math.isfinite(svi.step())
+    assert (
+        guide.latent_dim == 1 + 3
+    )  # rho plus the 3 free coordinates of a 3x3 correlation Cholesky
+    draws = Predictive(model, guide=guide, num_samples=5, parallel=True)()
+    assert ((draws["rho"] > -1) & (draws["rho"] < 1)).all()
+    chol = draws["chol"].reshape(5, 3, 3)
+    assert torch.allclose(chol.triu(1), torch.zeros_like(chol))
+    assert torch.allclose(
+        (chol @ chol.transpose(-1, -2)).diagonal(dim1=-2, dim2=-1), torch.ones(5, 3)
+    )
+    assert torch.allclose(draws["trace"].reshape(5), torch.full((5,), 3.0))
