@@ -262,3 +262,14 @@ def test_bad_registry_arguments():
         ValueError, match="'sylvester' has no conditional variant; conditional flows: .*cnf"
     ):
         make_flow("sylvester", 3, context_dim=2)
+
+
+@pytest.mark.parametrize("name", ["maf", "iaf"])
+def test_float64_flow_under_a_float32_default(name):
+    torch.set_default_dtype(torch.float32)
+    flow = make_flow(name, DIM).double()
+    x = torch.randn(4, DIM, dtype=torch.float64)
+    y = flow(x)
+    assert y.dtype == torch.float64
+    assert (flow.inv(y.clone()) - x).abs().max() < 1e-8
+    assert torch.get_default_dtype() == torch.float32

@@ -14,7 +14,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["StampedCacheMixin"]
+__all__ = ["StampedCacheMixin", "stamp_parameters"]
+
+
+def stamp_parameters(module: torch.nn.Module) -> tuple[Tensor, ...]:
+    """The module's parameters, listed on first use and kept.
+
+    Walking the module tree at every call costs more than the transform itself for small flows.
+    The kept list stays right under ``.to()``, ``load_state_dict`` and optimizer steps (they
+    update parameters in place). Parameters added to a module after its first call are not
+    watched.
+    """
+    cached = module.__dict__.get("_stamp_parameter_list")
+    if cached is None:
+        cached = tuple(module.parameters())
+        module.__dict__["_stamp_parameter_list"] = cached
+    return cached
 
 
 class StampedCacheMixin:
@@ -34,7 +49,7 @@ class StampedCacheMixin:
         return self  # type: ignore[return-value]
 
     def _stamp_tensors(self) -> Iterable[Tensor]:
-        return self._stamp_module().parameters()
+        return stamp_parameters(self._stamp_module())
 
     def _current_stamp(self) -> tuple[Any, ...]:
         versions = tuple(t._version for t in self._stamp_tensors())

@@ -29,6 +29,7 @@ from .._checks import check_context, check_positive_int, check_vector
 from ..divergence import Divergence, Exact
 from ..nn import MLPField
 from ..ode import Solver, solve
+from ._cache import stamp_parameters
 
 __all__ = ["CNF", "ConditionalCNF", "SolveStats", "cnf", "conditional_cnf"]
 
@@ -199,7 +200,7 @@ class _CachedSolveMixin:
 
     def _stamp(self) -> tuple[bool, bool, tuple[int, ...]]:
         owner = self._owner()
-        versions = tuple(p._version for p in owner.parameters())
+        versions = tuple(p._version for p in stamp_parameters(owner))
         return owner.training, torch.is_grad_enabled(), versions
 
     def _lookup(self, x: Tensor | None, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:

@@ -13,7 +13,8 @@ the stack is scored without inverting it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro.distributions.transforms as T
@@ -51,6 +52,24 @@ __all__ = [
     "realnvp",
     "sylvester_flow",
 ]
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Run with torch's default dtype set to ``dtype``.
+
+    Pyro's ``AffineAutoregressive._inverse`` allocates its work tensor in the default dtype, so a
+    float64 MAF sample (or IAF inverse) fails under a float32 default; this works around it.
+    """
+    previous = torch.get_default_dtype()
+    if dtype == previous or dtype not in (torch.float32, torch.float64):
+        yield
+        return
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 class Permutation(TransformModule):
@@ -100,7 +119,8 @@ class _Bisect(TransformModule):
 
     For Pyro's neural (NAF) and block neural (BNAF) autoregressive flows, which have no analytic
     inverse: coordinate ``order[k]`` of the output depends increasingly on the same input
-    coordinate given the earlier ones, so it is found by bracketing and bisection (80 halvings).
+    coordinate given the earlier ones, so it is found by bracketing and bisection (until the
+    bracket is down to adjacent floating-point numbers, at most 80 halvings).
     The inverse is not differentiable with respect to the parameters: train these flows as
     guides (sampling), not by maximum likelihood on data.
     """
@@ -143,6 +163,8 @@ class _Bisect(TransformModule):
                 high = torch.where(above, 2 * high, high)
             for _ in range(80):
                 middle = 0.5 * (low + high)
+                if not ((middle != low) & (middle != high)).any():
+                    break  # the bracket is down to adjacent floating-point numbers everywhere
                 x[..., i] = middle
                 too_high = self.transform._call(x)[..., i] > target
                 high = torch.where(too_high, middle, high)
@@ -226,13 +248,15 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
         return Transform.inv.fget(self)  # type: ignore[attr-defined]
 
     def _call(self, x: Tensor) -> Tensor:
-        for part in self.parts:
-            x = part(x)
+        with _default_dtype(x.dtype):
+            for part in self.parts:
+                x = part(x)
         return x
 
     def _inverse(self, y: Tensor) -> Tensor:
-        for part in reversed(self.parts):
-            y = part.inv(y)
+        with _default_dtype(y.dtype):
+            for part in reversed(self.parts):
+                y = part.inv(y)
         return y
 
     def __call__(self, x: Tensor) -> Tensor:
