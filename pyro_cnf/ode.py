@@ -110,6 +110,9 @@ class Solver:
         options = dict(self.options)
         if self.adaptive:
             options.setdefault("max_num_steps", self.max_num_steps)
+            # torchdiffeq picks its first step from |f(y0)|; a flow that starts as the identity
+            # has f = 0 there, gets 1e-6 and spends ~30 evaluations growing it tenfold per step
+            options.setdefault("first_step", abs(t1 - t0) / 10)
             if self.norm == "max":
                 options.setdefault("norm", _worst_point_norm)
         else:

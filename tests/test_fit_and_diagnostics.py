@@ -81,7 +81,7 @@ def test_pareto_khat_matches_a_known_tail():
         assert abs(pareto_khat(weights.log()) - k) < 0.1
 
 
-def test_fit_svi_then_diagnostics_of_an_autocnf_with_hutchinson_training():
+def test_fit_svi_then_diagnostics_of_an_autocnf_score_with_the_exact_trace():
     _, _, log_z = exact()
     guide = AutoCNF(model, hidden_dims=(8, 8), solver=Solver("rk4", steps=8))
     result = fit_svi(
