@@ -33,9 +33,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -44,11 +42,11 @@ from typing import Any
 
 import pyro
 import torch
+from _common import machine as _machine
 from pyro.infer import MCMC, NUTS, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 from pyro.ops.stats import split_gelman_rubin
 
-import pyro_cnf
 from pyro_cnf import AutoCNF, AutoFlow, Solver, fit_svi, importance_diagnostics
 from pyro_cnf.models import get_model
 
@@ -455,19 +453,7 @@ def check_targets(results: dict[str, Any]) -> list[list[str]]:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), pyro-ppl {pyro.__version__}, "
-        f"pyro-cnf {pyro_cnf.__version__}, Python {platform.python_version()}, float64"
-    )
+    return _machine("float64")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

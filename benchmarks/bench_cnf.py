@@ -30,7 +30,6 @@ import gc
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -45,12 +44,12 @@ import torch
 import torchdiffeq
 import zuko
 import zuko.transforms
+from _common import machine as _machine
 from pyro.contrib.zuko import ZukoToPyro
 from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-import pyro_cnf
 from pyro_cnf import CNF, Exact, FlowDistribution, Hutchinson, MLPField, Solver
 
 HIDDEN = (64, 64, 64)
@@ -879,20 +878,7 @@ def part4(args: argparse.Namespace, results: dict, chosen: Setting) -> None:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), zuko {zuko.__version__}, "
-        f"pyro-ppl {pyro.__version__}, torchdiffeq {torchdiffeq.__version__}, "
-        f"pyro-cnf {pyro_cnf.__version__}, Python {platform.python_version()}"
-    )
+    return _machine(f"zuko {zuko.__version__}, torchdiffeq {torchdiffeq.__version__}")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

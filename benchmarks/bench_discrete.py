@@ -42,7 +42,6 @@ import copy
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,14 +49,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pyro
 import pyro.distributions.transforms as T
 import torch
+from _common import machine as _machine
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform
 
-import pyro_cnf
 from pyro_cnf.transforms import InverseTransformModule, flow_names, flow_spec, make_flow
 from pyro_cnf.transforms.stacks import Permutation
 
@@ -430,19 +428,7 @@ def emit(text: str = "") -> None:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), pyro-ppl {pyro.__version__}, "
-        f"pyro-cnf {pyro_cnf.__version__} ({git_state()}), Python {platform.python_version()}"
-    )
+    return _machine(git_state())
 
 
 def git_state() -> str:
