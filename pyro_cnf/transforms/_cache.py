@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["StampedCacheMixin", "stamp_parameters"]
+__all__ = ["StampedCacheMixin", "cache_stamp", "is_stale", "stamp_parameters"]
 
 
 def stamp_parameters(module: torch.nn.Module) -> tuple[Tensor, ...]:
@@ -30,6 +30,23 @@ def stamp_parameters(module: torch.nn.Module) -> tuple[Tensor, ...]:
         cached = tuple(module.parameters())
         module.__dict__["_stamp_parameter_list"] = cached
     return cached
+
+
+Stamp = tuple[bool, bool, tuple[int, ...]]
+
+
+def cache_stamp(module: torch.nn.Module, tensors: Iterable[Tensor] | None = None) -> Stamp:
+    """What a cached result depends on: training mode, grad mode, parameter versions."""
+    tensors = stamp_parameters(module) if tensors is None else tensors
+    return module.training, torch.is_grad_enabled(), tuple(t._version for t in tensors)
+
+
+def is_stale(old: Stamp, new: Stamp) -> bool:
+    """Whether a result cached under ``old`` is wrong under ``new``.
+
+    It is when the module changed mode or parameters, or a graph is needed now and was not built.
+    """
+    return old[0] != new[0] or old[2] != new[2] or (new[1] and not old[1])
 
 
 class StampedCacheMixin:
@@ -51,16 +68,14 @@ class StampedCacheMixin:
     def _stamp_tensors(self) -> Iterable[Tensor]:
         return stamp_parameters(self._stamp_module())
 
-    def _current_stamp(self) -> tuple[Any, ...]:
-        versions = tuple(t._version for t in self._stamp_tensors())
-        return self._stamp_module().training, torch.is_grad_enabled(), versions
+    def _current_stamp(self) -> Stamp:
+        return cache_stamp(self._stamp_module(), self._stamp_tensors())
 
     def _drop_stale_cache(self) -> None:
         old = self._cache_stamp
         if old is None:
             return
-        training, grad_enabled, versions = self._current_stamp()
-        if old[0] != training or old[2] != versions or (grad_enabled and not old[1]):
+        if is_stale(old, self._current_stamp()):
             self.clear_cache()  # type: ignore[attr-defined]
             self._cache_stamp = None
 

@@ -29,7 +29,7 @@ from .._checks import check_context, check_positive_int, check_vector
 from ..divergence import Divergence, Exact
 from ..nn import MLPField
 from ..ode import Solver, solve
-from ._cache import stamp_parameters
+from ._cache import Stamp, cache_stamp, is_stale
 
 __all__ = ["CNF", "ConditionalCNF", "SolveStats", "cnf", "conditional_cnf"]
 
@@ -198,10 +198,8 @@ class _CachedSolveMixin:
     def _owner(self) -> _CNFBase:
         raise NotImplementedError
 
-    def _stamp(self) -> tuple[bool, bool, tuple[int, ...]]:
-        owner = self._owner()
-        versions = tuple(p._version for p in stamp_parameters(owner))
-        return owner.training, torch.is_grad_enabled(), versions
+    def _stamp(self) -> Stamp:
+        return cache_stamp(self._owner())
 
     def _lookup(self, x: Tensor | None, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:
         cached_x, cached_y, ladj, stamp = self._solve_cache
@@ -209,8 +207,7 @@ class _CachedSolveMixin:
             (x is not None and x is cached_x) or (y is not None and y is cached_y)
         ):
             return None
-        training, grad_enabled, versions = self._stamp()
-        if stamp[0] != training or stamp[2] != versions or (grad_enabled and not stamp[1]):
+        if is_stale(stamp, self._stamp()):
             return None
         return cached_x, cached_y, ladj
 

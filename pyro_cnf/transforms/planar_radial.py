@@ -53,9 +53,10 @@ from pyro.distributions.transforms.planar import ConditionalPlanar, ConditionedP
 from pyro.distributions.transforms.radial import ConditionalRadial, ConditionedRadial, Radial
 from pyro.nn import DenseNN
 from torch import Tensor
+from torch.distributions import Transform
 
 from .._checks import check_context, check_positive_int, check_vector
-from ._cache import StampedCacheMixin
+from ._cache import StampedCacheMixin, stamp_parameters
 
 __all__ = [
     "ConditionalInvertiblePlanar",
@@ -135,7 +136,7 @@ class _PairCacheMixin(StampedCacheMixin):
         return self if self._owner is None else self._owner  # type: ignore[return-value]
 
     def _stamp_tensors(self) -> Iterator[Tensor]:
-        yield from self._stamp_module().parameters()
+        yield from stamp_parameters(self._stamp_module())
         if self._context is not None:
             yield self._context
 
@@ -281,7 +282,34 @@ def _dims_from_dense_nn(nn: object, which: int) -> tuple[int | None, int | None]
     return None, None
 
 
-class ConditionalInvertiblePlanar(ConditionalPlanar):
+class _ConditionalInvertible:
+    """What the conditional planar and radial flows share.
+
+    Dimensions for input checks, and a ``.condition(context)`` returning a transform with an inverse.
+    """
+
+    _conditioned: type  # the transform bound to a context
+    _input_param: int  # which output of a DenseNN has size input_dim
+
+    def __init__(
+        self,
+        nn: Callable[[Tensor], Sequence[Tensor]],
+        input_dim: int | None = None,
+        context_dim: int | None = None,
+    ) -> None:
+        super().__init__(nn)  # type: ignore[call-arg]
+        found_input, found_context = _dims_from_dense_nn(nn, self._input_param)
+        self.input_dim = input_dim if input_dim is not None else found_input
+        self.context_dim = context_dim if context_dim is not None else found_context
+
+    def condition(self, context: Tensor) -> Transform:
+        """Bind the flow to ``context`` (shape ``(..., context_dim)``, broadcast against the points)."""
+        check_context(context, self.context_dim)
+        params = partial(self._params, context)  # type: ignore[attr-defined]
+        return self._conditioned(params, self.input_dim, owner=self, context=context)
+
+
+class ConditionalInvertiblePlanar(_ConditionalInvertible, ConditionalPlanar):
     r"""Pyro's conditional planar flow whose ``.condition(context)`` has an inverse.
 
     Arguments:
@@ -300,26 +328,11 @@ class ConditionalInvertiblePlanar(ConditionalPlanar):
         True
     """
 
-    def __init__(
-        self,
-        nn: Callable[[Tensor], Sequence[Tensor]],
-        input_dim: int | None = None,
-        context_dim: int | None = None,
-    ) -> None:
-        super().__init__(nn)
-        found_input, found_context = _dims_from_dense_nn(nn, 1)
-        self.input_dim = input_dim if input_dim is not None else found_input
-        self.context_dim = context_dim if context_dim is not None else found_context
-
-    def condition(self, context: Tensor) -> _ConditionedInvertiblePlanar:
-        """Bind the flow to ``context`` (shape ``(..., context_dim)``, broadcast against the points)."""
-        check_context(context, self.context_dim)
-        return _ConditionedInvertiblePlanar(
-            partial(self._params, context), self.input_dim, owner=self, context=context
-        )
+    _conditioned = _ConditionedInvertiblePlanar
+    _input_param = 1
 
 
-class ConditionalInvertibleRadial(ConditionalRadial):
+class ConditionalInvertibleRadial(_ConditionalInvertible, ConditionalRadial):
     r"""Pyro's conditional radial flow whose ``.condition(context)`` has an inverse.
 
     Arguments:
@@ -338,23 +351,8 @@ class ConditionalInvertibleRadial(ConditionalRadial):
         True
     """
 
-    def __init__(
-        self,
-        nn: Callable[[Tensor], Sequence[Tensor]],
-        input_dim: int | None = None,
-        context_dim: int | None = None,
-    ) -> None:
-        super().__init__(nn)
-        found_input, found_context = _dims_from_dense_nn(nn, 0)
-        self.input_dim = input_dim if input_dim is not None else found_input
-        self.context_dim = context_dim if context_dim is not None else found_context
-
-    def condition(self, context: Tensor) -> _ConditionedInvertibleRadial:
-        """Bind the flow to ``context`` (shape ``(..., context_dim)``, broadcast against the points)."""
-        check_context(context, self.context_dim)
-        return _ConditionedInvertibleRadial(
-            partial(self._params, context), self.input_dim, owner=self, context=context
-        )
+    _conditioned = _ConditionedInvertibleRadial
+    _input_param = 0
 
 
 def planar(input_dim: int) -> InvertiblePlanar:
