@@ -136,29 +136,35 @@ def exact_scoring(guide: Any) -> Iterator[None]:
         guide.train(was_training)
 
 
-def _max_plate_nesting(
+def _is_draw(site: dict[str, Any]) -> bool:
+    """A latent sample site or a ``pyro.deterministic`` site (what a posterior draw holds)."""
+    if site["type"] != "sample" or site_is_subsample(site):
+        return False
+    return not site["is_observed"] or site["infer"].get("_deterministic", False)
+
+
+def _structure(
     model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
-) -> int:
-    deepest = 0
+) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """From one guide run replayed through the model: the plate nesting, and each draw's shape."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    for trace in (guide_trace, model_trace):
-        for site in trace.nodes.values():
-            for frame in site.get("cond_indep_stack", ()):
-                if frame.vectorized:
-                    deepest = max(deepest, -frame.dim)
-    return deepest
-
-
-def _site_shapes(model_trace: Any) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if site["is_observed"] and not site["infer"].get("_deterministic", False):
-            continue
-        shapes[name] = tuple(site["value"].shape)
-    return shapes
+    nesting = max(
+        (
+            -frame.dim
+            for trace in (guide_trace, model_trace)
+            for site in trace.nodes.values()
+            for frame in site.get("cond_indep_stack", ())
+            if frame.vectorized
+        ),
+        default=0,
+    )
+    shapes = {
+        name: tuple(site["value"].shape)
+        for name, site in model_trace.nodes.items()
+        if _is_draw(site)
+    }
+    return nesting, shapes
 
 
 @torch.no_grad()
@@ -206,42 +212,25 @@ def importance_diagnostics(
         pyro.set_rng_seed(seed)
     batch_size = num_samples if batch_size is None else batch_size
     with exact_scoring(guide):
-        nesting = _max_plate_nesting(model, guide, args, kwargs)
-        log_weights, draws = [], {}
-        remaining = num_samples
-        while remaining > 0:
-            size = min(batch_size, remaining)
-            remaining -= size
+        nesting, shapes = _structure(model, guide, args, kwargs)
+        log_weights: list[Tensor] = []
+        draws: dict[str, list[Tensor]] = {name: [] for name in shapes}
+        for start in range(0, num_samples, batch_size):
+            size = min(batch_size, num_samples - start)
             weights, model_trace, _ = vectorized_importance_weights(
                 model, guide, *args, num_samples=size, max_plate_nesting=nesting, **kwargs
             )
-            weights = weights.reshape(size) if size > 1 else weights.reshape(1)
-            log_weights.append(weights)
-            for name, site in model_trace.nodes.items():
-                if name in draws or site["type"] != "sample" or site_is_subsample(site):
-                    continue
-                if site["is_observed"] and not site["infer"].get("_deterministic", False):
-                    continue
-                draws.setdefault(name, [])
-            for name in draws:
-                draws[name].append(model_trace.nodes[name]["value"])
+            log_weights.append(weights.reshape(size))
+            for name, shape in shapes.items():  # the particle dimension leads every value
+                draws[name].append(model_trace.nodes[name]["value"].reshape(size, *shape))
     log_w = torch.cat(log_weights)
     if not torch.isfinite(log_w).all():
         bad = int((~torch.isfinite(log_w)).sum())
         raise ValueError(
-            f"{bad} of {num_samples} log-weights are not finite: the guide puts mass where the model has none"
+            f"{bad} of {num_samples} log-weights are not finite: the guide puts mass where the "
+            "model has none"
         )
-    prototype = poutine.trace(
-        poutine.replay(model, trace=poutine.trace(guide).get_trace(*args, **kwargs))
-    ).get_trace(*args, **kwargs)
-    shapes = _site_shapes(prototype)
-    values = {
-        name: torch.cat(
-            [v.reshape(v.shape[0], -1) if v.dim() else v.reshape(1, 1) for v in chunks]
-        ).reshape((num_samples, *shapes[name]))
-        for name, chunks in draws.items()
-        if name in shapes
-    }
+    values = {name: torch.cat(chunks) for name, chunks in draws.items()}
     log_z = float(torch.logsumexp(log_w, 0) - math.log(num_samples))
     normalized = torch.softmax(log_w, 0)
     weights = (log_w - log_w.max()).exp()

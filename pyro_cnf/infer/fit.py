@@ -55,16 +55,15 @@ def regularization_penalty(guide: Any) -> Tensor | float:
 
 
 def _snapshot() -> dict[str, Tensor]:
-    store = pyro.get_param_store()
-    return {name: store._params[name].detach().clone() for name in store._params}
+    """Copies of the (unconstrained) parameters in Pyro's param store."""
+    return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
 
 
 def _restore(snapshot: dict[str, Tensor]) -> None:
-    store = pyro.get_param_store()
     with torch.no_grad():
-        for name, value in snapshot.items():
-            if name in store._params:
-                store._params[name].copy_(value)
+        for name, p in pyro.get_param_store().named_parameters():
+            if name in snapshot:
+                p.copy_(snapshot[name])
 
 
 def fit_svi(
