@@ -153,11 +153,14 @@ class _CNFBase(nn.Module):
         dynamics = _Dynamics(self, context, self.divergence.init(z))
         state = (z, z.new_zeros(z.shape[0]))
         state += tuple(z.new_zeros(z.shape[0]) for _ in self.regularization)
-        params = [p for p in self.parameters() if p.requires_grad]
-        if context is not None and context.requires_grad:
-            params.append(context)
+        solver = self.active_solver
+        params: list[Tensor] = []
+        if solver.adjoint:  # only the adjoint needs the tensors the dynamics depend on
+            params = [p for p in self.parameters() if p.requires_grad]
+            if context is not None and context.requires_grad:
+                params.append(context)
         t0, t1 = (self.T, 0.0) if inverse else (0.0, self.T)
-        out = solve(dynamics, state, t0, t1, self.active_solver, params)
+        out = solve(dynamics, state, t0, t1, solver, params)
         dynamics.solving = False
         self.stats.last_nfe = dynamics.nfe
         if inverse:
