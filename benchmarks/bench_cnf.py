@@ -45,6 +45,7 @@ import torchdiffeq
 import zuko
 import zuko.transforms
 from _common import machine as _machine
+from _common import per_call
 from pyro.contrib.zuko import ZukoToPyro
 from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO
@@ -210,30 +211,6 @@ def interleaved(
         for name in names if r % 2 == 0 else reversed(names):
             times[name].append(timed(fns[name]))
     return times
-
-
-def per_call(
-    fns: dict[str, Callable[[], object]], samples: int, target_s: float = 0.02
-) -> dict[str, list[float]]:
-    """Per-call seconds of several cheap callables, sampled alternately.
-
-    Each sample of a callable averages enough calls to last about ``target_s``; the callables take
-    turns sample by sample, so a change in machine load hits all of them alike.
-    """
-    inner = {}
-    for name, fn in fns.items():
-        fn()
-        inner[name] = max(1, int(target_s / max(timed(fn), 1e-6)))
-    out: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(samples):
-        for name in names if r % 2 == 0 else reversed(names):
-            fn, n = fns[name], inner[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            out[name].append((time.perf_counter() - start) / n)
-    return out
 
 
 def med(xs: list[float]) -> float:
