@@ -18,8 +18,9 @@ from typing import Any, NoReturn
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import Predictive, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
+from pyro.infer.importance import vectorized_importance_weights
 from torch import Tensor
 
 from ..infer import AutoCNF, AutoFlow, FitError, FitResult, ImportanceDiagnostics, fit_svi
@@ -249,13 +250,19 @@ class GuideRun:
 def guide_draws(
     model: Callable[..., Any], guide: Any, sites: dict[str, torch.Size], num_samples: int
 ) -> dict[str, Tensor]:
-    """``num_samples`` draws of ``sites`` from the guide (pushed through the model), ``(S, *shape)``."""
+    """``num_samples`` draws of ``sites`` from the guide (pushed through the model), ``(S, *shape)``.
+
+    The guide's own, unweighted draws (``pyro.deterministic`` sites included), in one vectorized
+    pass with the particle dimension left of every plate.
+    """
     with exact_scoring(guide):  # the guide's evaluation solver
-        predictive = Predictive(
-            model, guide=guide, num_samples=num_samples, return_sites=list(sites), parallel=True
+        _, model_trace, _ = vectorized_importance_weights(
+            model, guide, num_samples=num_samples, max_plate_nesting=plate_nesting(model)
         )
-        samples = predictive()
-    return {name: samples[name].reshape(num_samples, *shape) for name, shape in sites.items()}
+    return {
+        name: model_trace.nodes[name]["value"].reshape(num_samples, *shape)
+        for name, shape in sites.items()
+    }
 
 
 def run_guide(
@@ -414,13 +421,14 @@ def finish(
     out: Path,
     figures: Sequence[Path],
     num_samples: int,
+    seed: int = 0,
 ) -> int:
     """Add the ArviZ part, write ``report.txt`` and the InferenceData, print the report; exit status."""
     written = list(figures)
     if runs and arviz_available():
         parts = []
         for run in runs:
-            path, summary = write_inference_data(model, run, out, num_samples)
+            path, summary = write_inference_data(model, run, out, num_samples, seed)
             if path is not None:
                 written.append(path)
             parts.append(f"ArviZ summary ({run.name}, guide draws):\n{summary}")
@@ -500,10 +508,11 @@ def density_panel(
     title: str = "",
     labels: tuple[str, str] = ("", ""),
     filled: bool = False,
+    num: int = 120,
 ) -> None:
     """Draw a (possibly unnormalized) 2-D density as contours or an image, and/or draws as dots."""
     if log_density is not None:
-        x, y = grid_2d(box)
+        x, y = grid_2d(box, num)
         with torch.no_grad():
             log_p = log_density(x, y)
         density = (log_p - log_p[torch.isfinite(log_p)].max()).exp().nan_to_num(0.0)
@@ -531,8 +540,27 @@ def arviz_available() -> bool:
     return True
 
 
+def has_observations(model: Callable[..., Any]) -> bool:
+    """Whether the model has an observed sample site (``pyro.factor`` sites do not count)."""
+    trace = poutine.block(poutine.trace(model).get_trace)()
+    return any(
+        site["type"] == "sample"
+        and site["is_observed"]
+        and not site["infer"].get("_deterministic", False)
+        and not site["infer"].get("is_auxiliary", False)
+        and not site["name"].startswith("_")
+        and type(site["fn"]).__name__ != "Unit"
+        for site in trace.nodes.values()
+    )
+
+
 def write_inference_data(
-    model: Callable[..., Any], run: GuideRun, out: Path, num_samples: int
+    model: Callable[..., Any],
+    run: GuideRun,
+    out: Path,
+    num_samples: int,
+    seed: int = 0,
+    stem: str | None = None,
 ) -> tuple[Path | None, str]:
     """Write the guide's posterior as ArviZ InferenceData (netcdf) and return its summary text.
 
@@ -545,9 +573,15 @@ def write_inference_data(
 
     from pyro_cnf.arviz import to_inference_data
 
-    with exact_scoring(run.guide):
-        idata = to_inference_data(model, run.guide, num_samples=num_samples)
-    path = out / f"{run.name}.nc"
+    idata = to_inference_data(
+        model,
+        run.guide,
+        num_samples=num_samples,
+        seed=seed,
+        log_likelihood=has_observations(model),
+        losses=run.fit,
+    )
+    path = out / f"{stem or run.name}.nc"
     idata.to_netcdf(str(path))
     summary = az.summary(idata, kind="stats")
     return path, summary.to_string()

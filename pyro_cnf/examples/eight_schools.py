@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             ]
         )
         figures = [_figure(runs, out, model.reference.log_Z)] if runs else []
-        return C.finish(model, runs, report, out, figures, num_samples)
+        return C.finish(model, runs, report, out, figures, num_samples, args.seed)
 
     return C.run_main(body)
 

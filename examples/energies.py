@@ -1,0 +1,11 @@
+"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.energies` (so ``pyro-cnf run energies`` finds it).
+
+Run ``python examples/energies.py --help`` for its options, ``--smoke`` for a run of a few seconds.
+"""
+
+import sys
+
+from pyro_cnf.examples.energies import main
+
+if __name__ == "__main__":
+    sys.exit(main())
