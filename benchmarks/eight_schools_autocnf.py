@@ -15,6 +15,7 @@ import pyro
 import torch
 from _common import machine
 from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoDiagonalNormal
 
 from pyro_cnf import AutoCNF, Solver, fit_svi, importance_diagnostics
 from pyro_cnf.models import get_model
@@ -28,6 +29,15 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=32)
     parser.add_argument("--rk4-steps", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    parser.add_argument("--activation", default="tanh")
+    parser.add_argument("--T", type=float, default=1.0)
+    parser.add_argument("--base-df", type=float, default=None, help="Student-t base (initial df)")
+    parser.add_argument("--clip", type=float, default=10.0)
+    parser.add_argument("--lr-decay", type=float, default=0.1, help="total lr decay factor")
+    parser.add_argument(
+        "--warm-start", type=int, default=0, help="AutoDiagonalNormal steps to initialise loc/scale"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
@@ -36,15 +46,33 @@ def main() -> None:
     pyro.clear_param_store()
     guide = AutoCNF(
         model,
-        hidden_dims=(64, 64),
+        hidden_dims=tuple(args.hidden),
+        activation=args.activation,
+        T=args.T,
+        base_df=args.base_df,
         init_scale=args.init_scale,
         solver=Solver("rk4", steps=args.rk4_steps),
     )
     optimizer = pyro.optim.ClippedAdam(
-        {"lr": args.lr, "lrd": 0.1 ** (1 / args.steps), "clip_norm": 10.0}
+        {"lr": args.lr, "lrd": args.lr_decay ** (1 / args.steps), "clip_norm": args.clip}
     )
     elbo = Trace_ELBO(num_particles=args.particles, vectorize_particles=True)
     start = time.perf_counter()
+    if args.warm_start:
+        diag = AutoDiagonalNormal(model)
+        fit_svi(
+            model,
+            diag,
+            num_steps=args.warm_start,
+            optimizer=pyro.optim.Adam({"lr": 0.02}),
+            loss=Trace_ELBO(num_particles=8, vectorize_particles=True),
+            progress=False,
+            seed=args.seed,
+        )
+        guide()
+        with torch.no_grad():
+            guide.loc.copy_(diag.loc)
+            guide.scale = diag.scale.detach().clone()
     fit_svi(
         model,
         guide,
@@ -65,6 +93,8 @@ def main() -> None:
         f"(exact {reference.log_Z:.3f}) | IS E[tau] {float(tau.mean()):.3f} sd {float(tau.std()):.3f} "
         f"(exact {float(reference.mean['tau']):.3f}, {float(reference.sd['tau']):.3f})"
     )
+    if args.base_df is not None:
+        print(f"learned base df {float(guide.base_df):.2f}")
 
 
 if __name__ == "__main__":

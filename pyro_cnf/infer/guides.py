@@ -5,11 +5,20 @@ posterior is
 
 .. math:: \theta = \mu + \sigma \odot f(\epsilon), \qquad \epsilon \sim \mathcal N(0, I),
 
-with :math:`\mu` initialised at the model's init location (``init_loc_fn``), :math:`\sigma` at
-``init_scale`` and :math:`f` a normalizing flow that starts near the identity, so the flow learns
-only what the affine guide cannot: a fresh :class:`AutoCNF` *is* the diagonal-Normal guide.
+(or :math:`\epsilon_i \sim t_\nu` with ``base_df=ν``, see below) with :math:`\mu` initialised at
+the model's init location (``init_loc_fn``), :math:`\sigma` at ``init_scale`` and :math:`f` a
+normalizing flow that starts near the identity, so the flow learns only what the affine guide
+cannot: a fresh :class:`AutoCNF` *is* the diagonal-Normal guide.
 Pyro's ``AutoNormalizingFlow`` instead starts from :math:`\mathcal N(0, I)` at a feasible point,
 which is badly scaled for most posteriors.
+
+**Tails.** A flow whose map is Lipschitz (every CNF with a smooth bounded-slope field, affine
+and coupling layers) keeps the tail class of its base: from a Gaussian base it cannot make the
+exponential or polynomial tails of, e.g., :math:`\log\tau` in a hierarchical model, and the
+importance weights :math:`p/q` then grow without bound in those tails (large Pareto
+:math:`\hat k`); see Jaini et al., "Tails of Lipschitz triangular flows", ICML 2020,
+`arXiv:1907.04481 <https://arxiv.org/abs/1907.04481>`_. ``base_df=ν`` uses independent
+Student-t coordinates with learnable degrees of freedom (initialised at :math:`\nu`) instead.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ class AutoFlow(AutoContinuous):
         init_loc_fn: Per-site initialisation of :math:`\mu` (default ``init_to_median``).
         init_scale: Initial :math:`\sigma` (every coordinate), > 0.
         num_quantile_samples: Draws used by the Monte Carlo :meth:`median` and :meth:`quantiles`.
+        base_df: ``None`` (default) for a standard-normal base; a number :math:`\nu > 0` for a
+            heavy-tailed base of independent Student-t coordinates whose degrees of freedom
+            start at :math:`\nu` and are learned with the other parameters.
         **flow_kwargs: Options of the registry flow (``num_layers``, ``hidden_dims``, ...).
 
     Raises:
@@ -70,6 +82,7 @@ class AutoFlow(AutoContinuous):
         init_loc_fn: Callable[..., Any] = init_to_median,
         init_scale: float = 0.1,
         num_quantile_samples: int = 4096,
+        base_df: float | None = None,
         **flow_kwargs: Any,
     ) -> None:
         if isinstance(flow, str):
@@ -78,6 +91,9 @@ class AutoFlow(AutoContinuous):
             raise TypeError(f"flow must be a registry name or a factory, got {flow!r}")
         if not (isinstance(init_scale, (int, float)) and init_scale > 0):
             raise ValueError(f"init_scale must be positive, got {init_scale!r}")
+        if base_df is not None and not (isinstance(base_df, (int, float)) and base_df > 0):
+            raise ValueError(f"base_df must be None or positive, got {base_df!r}")
+        self._base_df = None if base_df is None else float(base_df)
         self._flow_factory = flow
         self._flow_kwargs = flow_kwargs
         self._init_scale = float(init_scale)
@@ -91,6 +107,8 @@ class AutoFlow(AutoContinuous):
         self.scale = PyroParam(
             self.loc.new_full((self.latent_dim,), self._init_scale), self.scale_constraint
         )
+        if self._base_df is not None:
+            self.base_df = PyroParam(self.loc.new_tensor(self._base_df), constraints.positive)
         if isinstance(self._flow_factory, str):
             flow = make_flow(self._flow_factory, self.latent_dim, **self._flow_kwargs)
         else:
@@ -122,9 +140,13 @@ class AutoFlow(AutoContinuous):
                     )
 
     def get_base_dist(self) -> dist.Distribution:
-        """The standard normal base on the latent vector."""
+        """The base on the latent vector: standard normal, or Student-t with ``base_df``."""
         zeros = torch.zeros_like(self.loc)
-        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        if self._base_df is None:
+            return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        return dist.StudentT(self.base_df.expand_as(zeros), zeros, torch.ones_like(zeros)).to_event(
+            1
+        )
 
     def get_transform(self, *args: Any, **kwargs: Any) -> list[Transform]:
         """The flow followed by the affine map (loc, scale)."""
@@ -195,6 +217,8 @@ class AutoCNF(AutoFlow):
         init_loc_fn: Per-site initialisation of :math:`\mu`.
         init_scale: Initial :math:`\sigma`.
         num_quantile_samples: Draws for :meth:`median` and :meth:`quantiles`.
+        base_df: ``None`` for a standard-normal base, or the initial degrees of freedom of a
+            heavy-tailed Student-t base (see :class:`AutoFlow`).
         **cnf_kwargs: Options of :func:`~pyro_cnf.cnf`: ``hidden_dims`` (default ``(64, 64)``:
             with two hidden layers the fused exact trace costs one extra :math:`O(BH^2)` product
             whatever the latent dimension; three cost two :math:`O(BdH^2)`), ``activation``, ``T``,
@@ -217,7 +241,10 @@ class AutoCNF(AutoFlow):
         init_loc_fn: Callable[..., Any] = init_to_median,
         init_scale: float = 0.1,
         num_quantile_samples: int = 4096,
+        base_df: float | None = None,
         **cnf_kwargs: Any,
     ) -> None:
         cnf_kwargs.setdefault("hidden_dims", (64, 64))
-        super().__init__(model, "cnf", init_loc_fn, init_scale, num_quantile_samples, **cnf_kwargs)
+        super().__init__(
+            model, "cnf", init_loc_fn, init_scale, num_quantile_samples, base_df, **cnf_kwargs
+        )
