@@ -1,5 +1,6 @@
 """pyro-cnf: continuous and discrete normalizing flows for Pyro."""
 
+from .arviz import compare_to_reference, pareto_smooth, to_inference_data, vi_loo
 from .distributions import ConditionalFlowDistribution, FlowDistribution
 from .divergence import Divergence, Exact, Hutchinson
 from .infer import (
@@ -52,6 +53,7 @@ __all__ = [
     "Solver",
     "SolverError",
     "cnf",
+    "compare_to_reference",
     "conditional_cnf",
     "fit_svi",
     "flow_names",
@@ -59,6 +61,9 @@ __all__ = [
     "importance_diagnostics",
     "make_flow",
     "pareto_khat",
+    "pareto_smooth",
     "register_flow",
     "solve",
+    "to_inference_data",
+    "vi_loo",
 ]

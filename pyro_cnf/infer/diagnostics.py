@@ -25,13 +25,21 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.importance import vectorized_importance_weights
+from pyro.infer.util import plate_log_prob_sum
 from pyro.ops.stats import fit_generalized_pareto
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from .._checks import check_positive_int
 from ..divergence import Exact
 
-__all__ = ["ImportanceDiagnostics", "importance_diagnostics", "pareto_khat"]
+__all__ = [
+    "ImportanceDiagnostics",
+    "ImportanceDraws",
+    "importance_diagnostics",
+    "importance_draws",
+    "pareto_khat",
+]
 
 
 def pareto_khat(log_weights: Tensor) -> float:
@@ -143,10 +151,50 @@ def _is_draw(site: dict[str, Any]) -> bool:
     return not site["is_observed"] or site["infer"].get("_deterministic", False)
 
 
+def _is_likelihood(site: dict[str, Any]) -> bool:
+    """An observed sample site that scores data: not deterministic, not a ``pyro.factor``."""
+    return (
+        site["type"] == "sample"
+        and site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["infer"].get("_deterministic", False)
+        and not site["infer"].get("is_auxiliary", False)
+    )
+
+
+def _check_pointwise(name: str, site: dict[str, Any]) -> None:
+    """Refuse observed sites whose pointwise log-likelihood is not one term per data point."""
+    scale, mask = site["scale"], site["mask"]
+    if not (isinstance(scale, (int, float)) and scale == 1.0):
+        raise ValueError(
+            f"observed site {name!r} is scaled (a subsampled plate or poutine.scale): its "
+            "pointwise log-likelihood does not match the observed data"
+        )
+    if mask is not None and not (mask is True or (isinstance(mask, Tensor) and bool(mask.all()))):
+        raise ValueError(
+            f"observed site {name!r} is masked: its pointwise log-likelihood is undefined on "
+            "the masked entries"
+        )
+
+
+@dataclass
+class _Structure:
+    nesting: int  # plate dims used by model and guide
+    shapes: dict[str, tuple[int, ...]]  # each draw's shape (latent and deterministic sites)
+    deterministic: tuple[str, ...]  # the pyro.deterministic sites among them
+    event_dims: dict[str, int]  # each draw site's number of event dims
+    observed: dict[str, Tensor]  # each observed (likelihood) site's value
+    log_lik_shapes: dict[str, tuple[int, ...]]  # each observed site's pointwise log-prob shape
+
+
 def _structure(
-    model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
-) -> tuple[int, dict[str, tuple[int, ...]]]:
-    """From one guide run replayed through the model: the plate nesting, and each draw's shape."""
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    log_likelihood: bool,
+) -> _Structure:
+    """From one guide run replayed through the model: plate nesting, draw and data shapes."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     nesting = max(
@@ -164,7 +212,168 @@ def _structure(
         for name, site in model_trace.nodes.items()
         if _is_draw(site)
     }
-    return nesting, shapes
+    observed = {name: site for name, site in model_trace.nodes.items() if _is_likelihood(site)}
+    if log_likelihood:
+        for name, site in observed.items():
+            _check_pointwise(name, site)
+        model_trace.compute_log_prob(lambda name, site: name in observed)
+    return _Structure(
+        nesting,
+        shapes,
+        tuple(n for n in shapes if model_trace.nodes[n]["infer"].get("_deterministic", False)),
+        {n: len(model_trace.nodes[n]["fn"].event_shape) for n in shapes},
+        {name: site["value"].detach() for name, site in observed.items()},
+        {
+            name: tuple(site["unscaled_log_prob"].shape)
+            for name, site in observed.items()
+            if log_likelihood
+        },
+    )
+
+
+def _per_draw(trace: Any, symbol: str | None, size: int) -> Tensor:
+    """The trace's (scaled) log-density of each of the ``size`` vectorized draws."""
+    if size == 1:  # Pyro packs away the size-1 particle dimension
+        return trace.log_prob_sum().reshape(1)
+    return plate_log_prob_sum(trace, symbol).reshape(size)
+
+
+@dataclass
+class ImportanceDraws:
+    r"""Guide draws with the model's and the guide's log-densities: what :func:`importance_draws` returns.
+
+    Attributes:
+        values: ``{site: (S, *site_shape)}``: each draw of every latent and ``pyro.deterministic``
+            site, in the constrained space, in the order drawn (not resampled).
+        log_joint: ``(S,)`` :math:`\log p(\theta_s, y)`, the model's log joint density.
+        log_q: ``(S,)`` :math:`\log q(\theta_s)`, the guide's exact log-density.
+        log_likelihood: ``{site: (S, *batch_shape)}``: the pointwise log-likelihood
+            :math:`\log p(y_i \mid \theta_s)` of each observed site (``pyro.factor`` and
+            deterministic sites excluded).
+        observed: ``{site: value}``: the observed data of those sites.
+        deterministic: Names of the ``pyro.deterministic`` sites among ``values``.
+        event_dims: Number of event dimensions of each site of ``values`` (the rest of its shape
+            are plate dimensions).
+        max_plate_nesting: The number of plate dimensions model and guide use.
+    """
+
+    values: dict[str, Tensor] = field(repr=False)
+    log_joint: Tensor = field(repr=False)
+    log_q: Tensor = field(repr=False)
+    log_likelihood: dict[str, Tensor] = field(repr=False)
+    observed: dict[str, Tensor] = field(repr=False)
+    deterministic: tuple[str, ...] = ()
+    event_dims: dict[str, int] = field(default_factory=dict, repr=False)
+    max_plate_nesting: int = 0
+
+    @property
+    def log_weights(self) -> Tensor:
+        r"""``(S,)`` importance log-weights :math:`\log p(\theta_s, y) - \log q(\theta_s)`."""
+        return self.log_joint - self.log_q
+
+    @property
+    def num_samples(self) -> int:
+        """The number S of guide draws."""
+        return self.log_joint.numel()
+
+
+@torch.no_grad()
+def importance_draws(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    *args: Any,
+    num_samples: int = 10_000,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    log_likelihood: bool = True,
+    **kwargs: Any,
+) -> ImportanceDraws:
+    r"""Draw from ``guide`` and score each draw under the model and the guide, vectorized.
+
+    One vectorized pass (Pyro's ``vectorized_importance_weights``) per batch of draws gives
+    every latent and deterministic value, :math:`\log p(\theta_s, y)`, :math:`\log q(\theta_s)`
+    and the pointwise log-likelihood of every observed site. The guide scores with its exact
+    log-density (see :func:`importance_diagnostics`). Works for any Pyro guide whose structure
+    is static.
+
+    Arguments:
+        model: The Pyro model (with its observations).
+        guide: A fitted guide.
+        *args: Passed to model and guide.
+        num_samples: Number S of guide draws, at least 2.
+        batch_size: Draws per vectorized pass (default: all at once).
+        seed: Seed for ``pyro.set_rng_seed``.
+        log_likelihood: Gather the pointwise log-likelihood (otherwise it is left empty).
+        **kwargs: Passed to model and guide.
+
+    Returns:
+        :class:`ImportanceDraws`.
+
+    Raises:
+        ValueError: If ``num_samples < 2``, if a log-weight is not finite, or if
+            ``log_likelihood`` is asked of an observed site that is scaled or masked (it has no
+            pointwise log-likelihood).
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", 3):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.zeros(3))
+        >>> def guide():
+        ...     pyro.sample("mu", dist.Normal(0.0, 0.5))
+        >>> draws = importance_draws(model, guide, num_samples=100, seed=0)
+        >>> draws.values["mu"].shape, draws.log_likelihood["y"].shape
+        (torch.Size([100]), torch.Size([100, 3]))
+        >>> expected = dist.Normal(draws.values["mu"].unsqueeze(-1), 1.0).log_prob(torch.zeros(3))
+        >>> torch.allclose(draws.log_likelihood["y"], expected)
+        True
+    """
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    batch_size = num_samples if batch_size is None else batch_size
+    check_positive_int("batch_size", batch_size)
+    with exact_scoring(guide):
+        structure = _structure(model, guide, args, kwargs, log_likelihood)
+        chunks: dict[str, list[Tensor]] = {
+            key: []
+            for key in (*structure.shapes, *(f"log_lik:{n}" for n in structure.log_lik_shapes))
+        }
+        log_joint: list[Tensor] = []
+        log_q: list[Tensor] = []
+        for start in range(0, num_samples, batch_size):
+            size = min(batch_size, num_samples - start)
+            _, model_trace, guide_trace = vectorized_importance_weights(
+                model, guide, *args, num_samples=size, max_plate_nesting=structure.nesting, **kwargs
+            )
+            symbol = guide_trace.plate_to_symbol.get("num_particles_vectorized")
+            log_joint.append(_per_draw(model_trace, symbol, size))
+            log_q.append(_per_draw(guide_trace, symbol, size))
+            for name, shape in structure.shapes.items():  # the particle dimension leads
+                chunks[name].append(model_trace.nodes[name]["value"].reshape(size, *shape))
+            for name, shape in structure.log_lik_shapes.items():
+                site = model_trace.nodes[name]
+                chunks[f"log_lik:{name}"].append(site["unscaled_log_prob"].reshape(size, *shape))
+    draws = ImportanceDraws(
+        values={name: torch.cat(chunks[name]) for name in structure.shapes},
+        log_joint=torch.cat(log_joint),
+        log_q=torch.cat(log_q),
+        log_likelihood={n: torch.cat(chunks[f"log_lik:{n}"]) for n in structure.log_lik_shapes},
+        observed=structure.observed,
+        deterministic=structure.deterministic,
+        event_dims=structure.event_dims,
+        max_plate_nesting=structure.nesting,
+    )
+    log_w = draws.log_weights
+    if not torch.isfinite(log_w).all():
+        bad = int((~torch.isfinite(log_w)).sum())
+        raise ValueError(
+            f"{bad} of {num_samples} log-weights are not finite: the guide puts mass where the "
+            "model has none"
+        )
+    return draws
 
 
 @torch.no_grad()
@@ -206,31 +415,18 @@ def importance_diagnostics(
         >>> abs(result.log_evidence) < 3 * result.log_evidence_se + 1e-3
         True
     """
-    if not (isinstance(num_samples, int) and num_samples >= 2):
-        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    batch_size = num_samples if batch_size is None else batch_size
-    with exact_scoring(guide):
-        nesting, shapes = _structure(model, guide, args, kwargs)
-        log_weights: list[Tensor] = []
-        draws: dict[str, list[Tensor]] = {name: [] for name in shapes}
-        for start in range(0, num_samples, batch_size):
-            size = min(batch_size, num_samples - start)
-            weights, model_trace, _ = vectorized_importance_weights(
-                model, guide, *args, num_samples=size, max_plate_nesting=nesting, **kwargs
-            )
-            log_weights.append(weights.reshape(size))
-            for name, shape in shapes.items():  # the particle dimension leads every value
-                draws[name].append(model_trace.nodes[name]["value"].reshape(size, *shape))
-    log_w = torch.cat(log_weights)
-    if not torch.isfinite(log_w).all():
-        bad = int((~torch.isfinite(log_w)).sum())
-        raise ValueError(
-            f"{bad} of {num_samples} log-weights are not finite: the guide puts mass where the "
-            "model has none"
-        )
-    values = {name: torch.cat(chunks) for name, chunks in draws.items()}
+    draws = importance_draws(
+        model,
+        guide,
+        *args,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        seed=seed,
+        log_likelihood=False,
+        **kwargs,
+    )
+    log_w = draws.log_weights
+    values = draws.values
     log_z = float(torch.logsumexp(log_w, 0) - math.log(num_samples))
     normalized = torch.softmax(log_w, 0)
     weights = (log_w - log_w.max()).exp()
