@@ -5,8 +5,8 @@ the module here), so it runs from a source checkout (``python examples/funnel.py
 installed, from the ``pyro-cnf`` command (``pyro-cnf run funnel --smoke``).
 
 Example:
-    >>> sorted(example_names())[:2]
-    ['conditional', 'density_anomaly']
+    >>> sorted(example_names())[:3]
+    ['conditional', 'eight_schools', 'energies']
     >>> callable(load_example("funnel").main)
     True
 """
@@ -30,9 +30,16 @@ _EXAMPLES: dict[str, str] = {
 }
 
 
+def _available(name: str) -> bool:
+    return (
+        importlib.util.find_spec(f"{__name__}.{name}") is not None
+        or _checkout_script(name).is_file()
+    )
+
+
 def example_names() -> dict[str, str]:
-    """Every example's name with a one-line description."""
-    return dict(_EXAMPLES)
+    """Every example this installation has, by name, with a one-line description."""
+    return {name: text for name, text in _EXAMPLES.items() if _available(name)}
 
 
 def _checkout_script(name: str) -> Path:
@@ -50,7 +57,8 @@ def load_example(name: str) -> ModuleType:
             this installation does not contain.
     """
     if name not in _EXAMPLES:
-        raise ValueError(f"unknown example {name!r}; valid examples: {', '.join(_EXAMPLES)}")
+        valid = ", ".join(example_names())
+        raise ValueError(f"unknown example {name!r}; valid examples: {valid}")
     if importlib.util.find_spec(f"{__name__}.{name}") is not None:
         return importlib.import_module(f"{__name__}.{name}")
     script = _checkout_script(name)

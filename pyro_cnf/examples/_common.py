@@ -374,10 +374,10 @@ def comparison_table(runs: Sequence[GuideRun], reference: Any, focus: str) -> st
     rows.append(
         [
             "reference",
-            "0" if log_z is not None else "",
-            "",
-            "",
-            "",
+            "0" if log_z is not None else "n/a",
+            "-",
+            "-",
+            "-",
             fmt(log_z),
             f"{ref_mean:.3f}",
             f"{ref_sd:.3f}",
@@ -385,7 +385,7 @@ def comparison_table(runs: Sequence[GuideRun], reference: Any, focus: str) -> st
             f"{ref_sd:.3f}",
             "0",
             "0",
-            "",
+            "-",
         ]
     )
     label = focus if reference.mean[focus].numel() == 1 else f"{focus}[0]"

@@ -62,7 +62,7 @@ def build_parser(prog: str | None = None) -> C.ExampleParser:
 
 def _settings(guide: str, smoke: bool) -> C.GuideSettings:
     settings = C.default_settings(guide)
-    if guide == "cnf":  # benchmarks/eight_schools_autocnf.py: the best of the hand-tuned runs
+    if guide == "cnf":  # benchmarks/autocnf_fit.py: the best hand-tuned run in docs/benchmarks.md
         settings = C.GuideSettings(lr=0.01, particles=32, init_scale=0.5)
     if smoke:
         settings = C.GuideSettings(**{**settings.__dict__, "particles": 4})
