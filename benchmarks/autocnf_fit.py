@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--activation", default="tanh")
     parser.add_argument("--T", type=float, default=1.0)
+    parser.add_argument("--gated", action="store_true", help="field with a multiplicative term")
     parser.add_argument("--base-df", type=float, default=None, help="Student-t base (initial df)")
     parser.add_argument("--clip", type=float, default=10.0)
     parser.add_argument("--lr-decay", type=float, default=0.1, help="total lr decay factor")
@@ -52,6 +53,7 @@ def main() -> None:
         hidden_dims=tuple(args.hidden),
         activation=args.activation,
         T=args.T,
+        gated=args.gated,
         base_df=args.base_df,
         init_scale=args.init_scale,
         solver=Solver("rk4", steps=args.rk4_steps),

@@ -71,6 +71,19 @@ class MLPField(nn.Module):
 
     The last layer is zero-initialised by default, so a new flow is the identity map.
 
+    **Gated fields.** With ``gated=True`` the field also has a learned per-coordinate rate
+    :math:`a = G h_{L-1} + c`:
+
+    .. math:: f(t, z) = W_L h_{L-1} + b_L + a(t, z) \odot z,
+
+    so :math:`\dot z_i = a_i z_i + \dots` can rescale a coordinate by
+    :math:`\exp\int a_i\,dt`, a factor that depends on the other coordinates. This is the
+    geometry of funnels and hierarchical models (:math:`x = e^{v/2}\epsilon`), which a plain
+    tanh field, bounded in :math:`z`, can only approximate over a bounded range. The divergence
+    stays exact and fused: :math:`\operatorname{Tr}\,\partial f/\partial z =
+    \operatorname{Tr}[(W_L + \operatorname{diag}(z) G) J] + \sum_i a_i`, with :math:`J` the
+    Jacobian of :math:`h_{L-1}`. ``G`` and ``c`` start at zero.
+
     Arguments:
         dim: Dimension :math:`d` of :math:`z`.
         hidden_dims: Widths of the hidden layers.
@@ -78,6 +91,7 @@ class MLPField(nn.Module):
         context_dim: Dimension of the context :math:`c` (0: unconditional).
         time_frequencies: Number :math:`K` of time frequencies (0: autonomous field).
         zero_init: Zero-initialise the last layer (the flow starts as the identity).
+        gated: Add the multiplicative term :math:`a(t, z) \odot z` (see above).
 
     Example:
         >>> field = MLPField(2, hidden_dims=(16, 16), zero_init=False)
@@ -95,6 +109,7 @@ class MLPField(nn.Module):
         context_dim: int = 0,
         time_frequencies: int = 3,
         zero_init: bool = True,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
@@ -120,16 +135,20 @@ class MLPField(nn.Module):
             nn.Linear(a, b) for a, b in zip(hidden_dims[:-1], hidden_dims[1:], strict=True)
         )
         self.output = nn.Linear(hidden_dims[-1], dim)
+        self.gate = nn.Linear(hidden_dims[-1], dim) if gated else None
         self.register_buffer(
             "frequencies", math.pi * torch.arange(1, time_frequencies + 1, dtype=torch.float32)
         )
         if zero_init:
             nn.init.zeros_(self.output.weight)
             nn.init.zeros_(self.output.bias)
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
 
     def extra_repr(self) -> str:
         """Shown in ``repr``."""
-        return f"activation={self.activation!r}"
+        return f"activation={self.activation!r}, gated={self.gate is not None}"
 
     def _first_bias(self, t: Tensor, context: Tensor | None) -> Tensor:
         bias = self.input_z.bias
@@ -149,7 +168,9 @@ class MLPField(nn.Module):
         h, _ = self._act(F.linear(z, self.input_z.weight) + self._first_bias(t, context))
         for layer in self.hidden:
             h, _ = self._act(layer(h))
-        return self.output(h)
+        if self.gate is None:
+            return self.output(h)
+        return self.output(h) + self.gate(h) * z
 
     def call_and_divergence(
         self,
@@ -185,18 +206,48 @@ class MLPField(nn.Module):
             h, slope = self._act(layer(h))
             slopes.append(slope)
         f = self.output(h)
-        out = self.output.weight  # (d, H)
+        out = self.output.weight  # (d, H), or (B, d, H) with a gate: W_L + diag(z) G
+        if self.gate is None:
+            return (f, *self._contract(weights, slopes, out, z, frobenius))
+        rate = self.gate(h)
+        out = out + z.unsqueeze(-1) * self.gate.weight
+        if frobenius:
+            return (f + rate * z, *self._contract(weights, slopes, out, z, frobenius, rate))
+        div, _ = self._contract(weights, slopes, out, z, frobenius)
+        return f + rate * z, div + rate.sum(-1), None
+
+    def _contract(
+        self,
+        weights: list[Tensor],
+        slopes: list[Tensor],
+        out: Tensor,
+        z: Tensor,
+        frobenius: bool,
+        rate: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Trace (and optionally squared Frobenius norm) of ``out @ J`` (+ ``diag(rate)``).
+
+        ``out`` is ``(d, H)`` or, for a gated field, ``(B, d, H)``; ``rate`` (the gate's
+        diagonal term) is only needed for the Frobenius norm.
+        """
+        batched = out.dim() == 3
         if frobenius:
             jac = slopes[0].unsqueeze(-2) * weights[0].T  # (B, d, H): d h_1 / d z_i
             for weight, slope in zip(weights[1:], slopes[1:], strict=True):
                 jac = torch.matmul(jac, weight.T) * slope.unsqueeze(-2)
-            full = torch.matmul(jac, out.T)  # (B, d, d): [b, i, j] = d f_j / d z_i
-            return f, full.diagonal(dim1=-2, dim2=-1).sum(-1), full.pow(2).sum((-2, -1))
+            full = torch.matmul(jac, out.transpose(-1, -2))  # [b, i, j] = d f_j / d z_i
+            if rate is not None:
+                full = full + torch.diag_embed(rate)
+            return full.diagonal(dim1=-2, dim2=-1).sum(-1), full.pow(2).sum((-2, -1))
         if len(weights) == 1:
-            return f, slopes[0] @ (weights[0] * out.T).sum(-1), None
+            if batched:
+                return (slopes[0] * (out * weights[0].T).sum(-2)).sum(-1), None
+            return slopes[0] @ (weights[0] * out.T).sum(-1), None
         if len(weights) == 2:
-            fold = weights[1].T * (weights[0] @ out)  # (H1, H2)
-            return f, ((slopes[0] @ fold) * slopes[1]).sum(-1), None
+            fold = weights[1].T * torch.matmul(weights[0], out)  # (H1, H2) or (B, H1, H2)
+            if batched:
+                return ((slopes[0].unsqueeze(-2) @ fold).squeeze(-2) * slopes[1]).sum(-1), None
+            return ((slopes[0] @ fold) * slopes[1]).sum(-1), None
         batch, dim = z.shape[0], self.dim
         # left: P[b, i, k] = sum_h W2[k, h] s1[b, h] W1[h, i], the Jacobian before the 2nd slope
         left = weights[0].unsqueeze(-1) * weights[1].T.unsqueeze(1)  # (H1, d, H2)
@@ -204,6 +255,9 @@ class MLPField(nn.Module):
         for weight, slope in zip(weights[2:-1], slopes[1:-2], strict=True):
             jac = torch.matmul(jac * slope.unsqueeze(-2), weight.T)
         # right: U[b, i, k] = sum_h W_out[i, h] s_L[b, h] W_L[h, k]
-        right = out.T.unsqueeze(-1) * weights[-1].unsqueeze(1)  # (H_L, d, H_{L-1})
-        cotangent = (slopes[-1] @ right.flatten(1)).view(batch, dim, -1)
-        return f, ((cotangent * jac).sum(-2) * slopes[-2]).sum(-1), None
+        if batched:
+            cotangent = torch.matmul(out * slopes[-1].unsqueeze(-2), weights[-1])
+        else:
+            right = out.T.unsqueeze(-1) * weights[-1].unsqueeze(1)  # (H_L, d, H_{L-1})
+            cotangent = (slopes[-1] @ right.flatten(1)).view(batch, dim, -1)
+        return ((cotangent * jac).sum(-2) * slopes[-2]).sum(-1), None

@@ -15,11 +15,16 @@ from pyro_cnf import CNF, ConditionalCNF, Exact, Hutchinson, MLPField, Solver
 TIGHT = Solver("dopri5", rtol=1e-10, atol=1e-10, max_num_steps=100_000)
 
 
-def random_field(dim, context_dim=0, hidden=(16, 16, 16), scale=1.0, activation="tanh"):
-    """An MLPField with a nonzero output layer (a non-trivial flow)."""
-    field = MLPField(dim, hidden, activation, context_dim=context_dim, zero_init=False)
+def random_field(
+    dim, context_dim=0, hidden=(16, 16, 16), scale=1.0, activation="tanh", gated=False
+):
+    """An MLPField with a nonzero output layer (and gate) (a non-trivial flow)."""
+    field = MLPField(dim, hidden, activation, context_dim=context_dim, zero_init=False, gated=gated)
     with torch.no_grad():
         field.output.weight.mul_(scale)
+        if gated:  # gates start at zero: make them nonzero
+            field.gate.weight.normal_(0.0, 0.3)
+            field.gate.bias.normal_(0.0, 0.3)
     return field
 
 
@@ -39,9 +44,10 @@ def jacobian_logdet(fn, x):
     return torch.linalg.slogdet(jac)[1]
 
 
+@pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("dim", [2, 5])
-def test_logdet_matches_autograd_jacobian_and_inverse(dim):
-    flow = CNF(dim, field=random_field(dim), solver=TIGHT)
+def test_logdet_matches_autograd_jacobian_and_inverse(dim, gated):
+    flow = CNF(dim, field=random_field(dim, gated=gated), solver=TIGHT)
     x = torch.randn(3, dim)
     y = flow(x)
     ladj = flow.log_abs_det_jacobian(x, y)
@@ -81,10 +87,11 @@ def test_linear_field_exact_solution_with_autograd_fallback():
     assert torch.allclose(terms["kinetic"], kinetic, rtol=1e-7)
 
 
+@pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("hidden", [(7,), (7, 6), (7, 6, 5), (5, 6, 7, 8)])
 @pytest.mark.parametrize("activation", ["tanh", "softplus", "silu", "sigmoid", "elu"])
-def test_fused_divergence_equals_autograd_trace(hidden, activation):
-    field = random_field(4, context_dim=2, hidden=hidden, activation=activation)
+def test_fused_divergence_equals_autograd_trace(hidden, activation, gated):
+    field = random_field(4, context_dim=2, hidden=hidden, activation=activation, gated=gated)
     z, context, t = torch.randn(6, 4), torch.randn(6, 2), torch.tensor(0.37)
     f, div, frob = field.call_and_divergence(t, z, context, frobenius=True)
     _, div_trace_only, _ = field.call_and_divergence(t, z, context)

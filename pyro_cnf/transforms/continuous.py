@@ -423,15 +423,18 @@ def cnf(
     hidden_dims: tuple[int, ...] = (64, 64, 64),
     activation: str = "tanh",
     time_frequencies: int = 3,
+    gated: bool = False,
     **kwargs: Any,
 ) -> CNF:
-    """Build a :class:`CNF` with an :class:`~pyro_cnf.nn.MLPField` (Pyro-style factory).
+    r"""Build a :class:`CNF` with an :class:`~pyro_cnf.nn.MLPField` (Pyro-style factory).
 
     Arguments:
         input_dim: Event dimension.
         hidden_dims: Hidden widths of the field.
         activation: Field activation (see :class:`~pyro_cnf.nn.MLPField`).
         time_frequencies: Number of time frequencies of the field.
+        gated: Give the field a multiplicative term :math:`a(t, z) \odot z` (see
+            :class:`~pyro_cnf.nn.MLPField`): for funnel-shaped targets.
         **kwargs: Passed to :class:`CNF` (``T``, ``divergence``, ``solver``, ...).
 
     Example:
@@ -440,7 +443,9 @@ def cnf(
         >>> bool(torch.allclose(flow(x), x))  # a new flow is the identity
         True
     """
-    field = MLPField(input_dim, hidden_dims, activation, time_frequencies=time_frequencies)
+    field = MLPField(
+        input_dim, hidden_dims, activation, time_frequencies=time_frequencies, gated=gated
+    )
     return CNF(input_dim, field=field, **kwargs)
 
 
@@ -450,6 +455,7 @@ def conditional_cnf(
     hidden_dims: tuple[int, ...] = (64, 64, 64),
     activation: str = "tanh",
     time_frequencies: int = 3,
+    gated: bool = False,
     **kwargs: Any,
 ) -> ConditionalCNF:
     """Build a :class:`ConditionalCNF` with a context-reading :class:`~pyro_cnf.nn.MLPField`.
@@ -460,6 +466,7 @@ def conditional_cnf(
         hidden_dims: Hidden widths of the field.
         activation: Field activation.
         time_frequencies: Number of time frequencies of the field.
+        gated: Give the field a multiplicative term (see :func:`cnf`).
         **kwargs: Passed to :class:`ConditionalCNF`.
 
     Example:
@@ -467,5 +474,5 @@ def conditional_cnf(
         >>> flow.condition(torch.ones(1))(torch.zeros(4, 2)).shape
         torch.Size([4, 2])
     """
-    field = MLPField(input_dim, hidden_dims, activation, context_dim, time_frequencies)
+    field = MLPField(input_dim, hidden_dims, activation, context_dim, time_frequencies, gated=gated)
     return ConditionalCNF(input_dim, context_dim, field=field, **kwargs)
