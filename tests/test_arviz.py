@@ -485,12 +485,15 @@ def test_vi_loo_corrects_a_biased_guide_where_plain_loo_fails():
 @pytest.mark.slow
 def test_autocnf_eight_schools_loo_agrees_with_nuts(tmp_path):
     model = get_model("eight_schools_noncentered")
-    guide = AutoCNF(model, hidden_dims=(16, 16), solver=Solver("rk4", steps=8), init_scale=0.5)
+    # The default (64, 64) field and a decaying learning rate: with this short fit the guide's
+    # k-hat was 0.48-0.58 and every pointwise k below 0.69 for seeds 0-3; a (16, 16) field at a
+    # constant rate left k-hat at 0.5-0.75 and pointwise k up to 0.78 (the k follow the fit).
+    guide = AutoCNF(model, solver=Solver("rk4", steps=8), init_scale=0.5)
     fit = fit_svi(
         model,
         guide,
-        num_steps=300,
-        optimizer=pyro.optim.Adam({"lr": 0.02}),
+        num_steps=400,
+        optimizer=pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.1 ** (1 / 400)}),
         loss=Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1),
         progress=False,
         seed=0,
