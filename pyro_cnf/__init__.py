@@ -1,17 +1,25 @@
 """pyro-cnf: continuous and discrete normalizing flows for Pyro."""
 
+from .anomaly import AnomalyDetector, AnomalyReport
 from .arviz import compare_to_reference, pareto_smooth, to_inference_data, vi_loo
+from .datasets import eight_gaussians, gaussian_mixture
 from .distributions import ConditionalFlowDistribution, FlowDistribution
 from .divergence import Divergence, Exact, Hutchinson
 from .infer import (
     AutoCNF,
     AutoFlow,
+    DensityFitResult,
     FitError,
     FitResult,
     ImportanceDiagnostics,
+    fit_density,
+    fit_flow_matching,
     fit_svi,
     importance_diagnostics,
+    ot_coupling,
     pareto_khat,
+    reflow,
+    reflow_pairs,
 )
 from .nn import MLPField
 from .ode import Solver, SolverError, solve
@@ -34,11 +42,14 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CNF",
+    "AnomalyDetector",
+    "AnomalyReport",
     "AutoCNF",
     "AutoFlow",
     "ConditionalCNF",
     "ConditionalFlowDistribution",
     "ConditionalFlowStack",
+    "DensityFitResult",
     "Divergence",
     "Exact",
     "FitError",
@@ -55,13 +66,20 @@ __all__ = [
     "cnf",
     "compare_to_reference",
     "conditional_cnf",
+    "eight_gaussians",
+    "fit_density",
+    "fit_flow_matching",
     "fit_svi",
     "flow_names",
     "flow_spec",
+    "gaussian_mixture",
     "importance_diagnostics",
     "make_flow",
+    "ot_coupling",
     "pareto_khat",
     "pareto_smooth",
+    "reflow",
+    "reflow_pairs",
     "register_flow",
     "solve",
     "to_inference_data",

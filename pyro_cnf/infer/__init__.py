@@ -1,16 +1,24 @@
-"""Inference with flows: guides for SVI, fitting, importance diagnostics."""
+"""Inference with flows: guides for SVI, fitting, importance diagnostics, density estimation."""
 
+from .density import DensityFitResult, fit_density
 from .diagnostics import ImportanceDiagnostics, importance_diagnostics, pareto_khat
 from .fit import FitError, FitResult, fit_svi
+from .flow_matching import fit_flow_matching, ot_coupling, reflow, reflow_pairs
 from .guides import AutoCNF, AutoFlow
 
 __all__ = [
     "AutoCNF",
     "AutoFlow",
+    "DensityFitResult",
     "FitError",
     "FitResult",
     "ImportanceDiagnostics",
+    "fit_density",
+    "fit_flow_matching",
     "fit_svi",
     "importance_diagnostics",
+    "ot_coupling",
     "pareto_khat",
+    "reflow",
+    "reflow_pairs",
 ]
