@@ -228,10 +228,29 @@ def test_python_m_pyro_cnf(tmp_path):
     assert "Traceback" not in done.stderr and "unknown example" in done.stderr
 
 
-@pytest.mark.skipif(
-    "density_anomaly" not in example_names(), reason="examples/density_anomaly.py not there yet"
-)
 def test_density_anomaly_smoke(tmp_path):
-    out = tmp_path / "density_anomaly"
-    assert load_example("density_anomaly").main(["--smoke", "--out", str(out)]) == 0
-    assert any(_is_png(path) for path in out.glob("*.png"))
+    status, out = _run("density_anomaly", tmp_path)
+    assert status == 0
+    report = (out / "report.txt").read_text()
+    assert "SMOKE RUN" in report
+    rows = _table(
+        report,
+        {
+            "KL(p || q), nats",
+            "NFE of one log_prob",
+            "target FPR",
+            "realised FPR",
+            "ROC AUC",
+            "loc[0]",
+        },
+    )
+    assert len(rows) == 6
+    # 20 steps leave q far from the 8 Gaussians: KL(p || q) is clearly positive
+    assert 0.1 < _number(rows["KL(p || q), nats"][1]) < 20
+    assert int(rows["NFE of one log_prob"][1]) > 0
+    assert float(rows["target FPR"][1]) == 0.05
+    # 500 held-out points set the threshold: the realised rate on 500 fresh ones is near 0.05
+    assert 0.0 <= float(rows["realised FPR"][1]) <= 0.15
+    assert 0.0 <= float(rows["ROC AUC"][1]) <= 1.0
+    assert float(rows["loc[0]"][1]) == 1.0  # the true shift
+    assert _is_png(out / "density_anomaly.png")
