@@ -64,6 +64,34 @@ def test_build_is_offline():
     assert not re.search(r"https?://", conf)
 
 
+def _run_blocks(page):
+    text = (DOCS / "tutorials" / page).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    output = io.StringIO()
+    namespace = {}
+    with contextlib.redirect_stdout(output):
+        for block in blocks:
+            exec(compile(block, page, "exec"), namespace)
+    return blocks, output.getvalue(), namespace
+
+
+@pytest.mark.slow
+# ArviZ 0.23's az.compare calls DataFrame.sort_values(inplace=True), deprecated by pandas 3
+@pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.sort_values")
+def test_arviz_tutorial_runs():
+    pytest.importorskip("arviz")
+    blocks, printed, namespace = _run_blocks("arviz.md")
+    assert len(blocks) >= 4
+    loo = namespace["loo"]
+    # the robust model predicts held-out points better, and its LOO is reliable
+    assert float(loo["student"]["elpd_loo"]) > float(loo["normal"]["elpd_loo"])
+    assert float(loo["student"].pareto_k.max()) < 0.7
+    reloaded = namespace["reloaded"]
+    assert float(reloaded.posterior["b"].mean()) == pytest.approx(
+        float(namespace["student"].posterior["b"].mean())
+    )
+
+
 @pytest.mark.slow
 def test_svi_tutorial_runs():
     text = (DOCS / "tutorials" / "cnf_guide_svi.md").read_text()
