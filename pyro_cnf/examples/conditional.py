@@ -23,7 +23,10 @@ Run::
     pyro-cnf run conditional --flow maf          # a conditional MAF instead
     python examples/conditional.py --smoke       # seconds
 
-Headline numbers: the "Examples" section of ``docs/benchmarks.md``.
+Headline numbers (``pyro-cnf run conditional``: seed 0, float64, one thread on the shared 2-core
+reference machine, 845 s): held-out :math:`E_c\,\mathrm{KL} = 0.0315 \pm 0.0048` nats after 2000
+steps (the untrained flow, a standard normal: :math:`0.718 \pm 0.031`); held-out negative
+log-likelihood 2.1835 nats per point against 2.1519 for the exact density.
 """
 
 from __future__ import annotations

@@ -23,8 +23,21 @@ Run::
 
 ``pyro-cnf demo`` runs this example with ``--guide cnf,normal --steps 1500``.
 
-Headline numbers: see the "Examples" section of ``docs/benchmarks.md`` (the command above on the
-reference machine).
+Headline numbers (``pyro-cnf run eight_schools``: 3000 steps per guide, seed 0, S = 10^4, float64,
+one thread on the shared 2-core reference machine under load, 26 minutes in all):
+
+==========  ========  ======  =========  ==========  ======
+guide       KL        k-hat   E tau IS   sd tau IS   fit s
+==========  ========  ======  =========  ==========  ======
+cnf         0.522     0.57    3.697      2.270       600
+normal      3.597     0.98    2.592      1.142       116
+mvn         2.792     0.82    1.602      0.624       123
+pyro-iaf    0.342     0.74    3.967      3.190       135
+exact       0                 3.598      3.220
+==========  ========  ======  =========  ==========  ======
+
+The flows are far ahead of the Gaussian guides; none reaches the funnel's neck (small tau) fully
+at this budget, and Pyro's two-layer IAF had the lower KL while AutoCNF had the better k-hat.
 """
 
 from __future__ import annotations
