@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--activation", default="tanh")
     parser.add_argument("--T", type=float, default=1.0)
+    parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
     parser.add_argument("--gated", action="store_true", help="field with a multiplicative term")
     parser.add_argument("--base-df", type=float, default=None, help="Student-t base (initial df)")
     parser.add_argument("--clip", type=float, default=10.0)
@@ -84,7 +85,7 @@ def main() -> None:
         num_steps=args.steps,
         optimizer=optimizer,
         loss=elbo,
-        progress=False,
+        progress=args.progress,
         seed=args.seed,
     )
     seconds = time.perf_counter() - start

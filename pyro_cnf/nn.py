@@ -253,15 +253,15 @@ class MLPField(nn.Module):
             if batched:
                 return (slopes[0] * (out * weights[0].T).sum(-2)).sum(-1), None
             return slopes[0] @ (weights[0] * out.T).sum(-1), None
-        if len(weights) == 2:
-            fold = weights[1].T * torch.matmul(weights[0], out)  # (H1, H2) or (B, H1, H2)
-            if batched:
-                return ((slopes[0].unsqueeze(-2) @ fold).squeeze(-2) * slopes[1]).sum(-1), None
+        if len(weights) == 2 and not batched:
+            fold = weights[1].T * (weights[0] @ out)  # (H1, H2)
             return ((slopes[0] @ fold) * slopes[1]).sum(-1), None
         batch, dim = z.shape[0], self.dim
         # left: P[b, i, k] = sum_h W2[k, h] s1[b, h] W1[h, i], the Jacobian before the 2nd slope
         left = weights[0].unsqueeze(-1) * weights[1].T.unsqueeze(1)  # (H1, d, H2)
         jac = (slopes[0] @ left.flatten(1)).view(batch, dim, -1)
+        if len(weights) == 2:  # batched output weights (gated): contract (B, d, H2) directly
+            return ((jac * out).sum(-2) * slopes[1]).sum(-1), None
         for weight, slope in zip(weights[2:-1], slopes[1:-2], strict=True):
             jac = torch.matmul(jac * slope.unsqueeze(-2), weight.T)
         # right: U[b, i, k] = sum_h W_out[i, h] s_L[b, h] W_L[h, k]
