@@ -107,3 +107,12 @@ def test_svi_tutorial_runs():
     gain = float(re.search(r"ELBO gain of the CNF guide: (-?[\d.]+)", printed).group(1))
     assert gain > 0.02  # the CNF is closer to the posterior than the diagonal Normal
     assert namespace["cnf_check"].ess > namespace["normal_check"].ess
+
+
+@pytest.mark.slow
+def test_density_tutorial_runs():
+    blocks, printed, namespace = _run_blocks("density_anomaly.md")
+    assert len(blocks) >= 4
+    assert 0 < float(namespace["kl"]) < 0.2  # flow matching fits the 8 Gaussians
+    report = namespace["report"]
+    assert abs(report.fpr - 0.05) < 0.02 and report.roc_auc > 0.8
