@@ -9,6 +9,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -532,9 +533,14 @@ def density_panel(
 
 
 def arviz_available() -> bool:
-    """Whether ``pyro_cnf.arviz`` (and ArviZ itself) can be imported."""
+    """Whether ``pyro_cnf.arviz`` and ArviZ itself can be imported (imports ArviZ quietly)."""
     try:
         import pyro_cnf.arviz  # noqa: F401
+
+        with warnings.catch_warnings():
+            # ArviZ 0.23 announces its 1.x refactor on import: noise in a command's output
+            warnings.filterwarnings("ignore", "\\s*ArviZ is undergoing", FutureWarning)
+            import arviz  # noqa: F401
     except ImportError:
         return False
     return True
