@@ -1,4 +1,6 @@
-"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.conditional` (so ``pyro-cnf run conditional`` finds it).
+"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.conditional`.
+
+``pyro-cnf run conditional`` runs the same module.
 
 Run ``python examples/conditional.py --help`` for its options, ``--smoke`` for a run of a few seconds.
 """

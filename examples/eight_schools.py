@@ -1,4 +1,6 @@
-"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.eight_schools` (so ``pyro-cnf run eight_schools`` finds it).
+"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.eight_schools`.
+
+``pyro-cnf run eight_schools`` runs the same module.
 
 Run ``python examples/eight_schools.py --help`` for its options, ``--smoke`` for a run of a few seconds.
 """

@@ -1,4 +1,6 @@
-"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.energies` (so ``pyro-cnf run energies`` finds it).
+"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.energies`.
+
+``pyro-cnf run energies`` runs the same module.
 
 Run ``python examples/energies.py --help`` for its options, ``--smoke`` for a run of a few seconds.
 """

@@ -1,4 +1,6 @@
-"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.funnel` (so ``pyro-cnf run funnel`` finds it).
+"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.funnel`.
+
+``pyro-cnf run funnel`` runs the same module.
 
 Run ``python examples/funnel.py --help`` for its options, ``--smoke`` for a run of a few seconds.
 """

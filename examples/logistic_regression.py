@@ -1,4 +1,6 @@
-"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.logistic_regression` (so ``pyro-cnf run logistic_regression`` finds it).
+"""Thin wrapper: the example lives in :mod:`pyro_cnf.examples.logistic_regression`.
+
+``pyro-cnf run logistic_regression`` runs the same module.
 
 Run ``python examples/logistic_regression.py --help`` for its options, ``--smoke`` for a run of a few seconds.
 """
