@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--init-scale", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=0.01, help="decays 10x over the run")
     parser.add_argument("--particles", type=int, default=32)
-    parser.add_argument("--rk4-steps", type=int, default=8)
+    parser.add_argument("--rk4-steps", type=int, default=8, help="0: adaptive dopri5")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--activation", default="tanh")
@@ -57,7 +57,7 @@ def main() -> None:
         gated=args.gated,
         base_df=args.base_df,
         init_scale=args.init_scale,
-        solver=Solver("rk4", steps=args.rk4_steps),
+        solver=Solver("rk4", steps=args.rk4_steps) if args.rk4_steps else Solver(),
     )
     optimizer = pyro.optim.ClippedAdam(
         {"lr": args.lr, "lrd": args.lr_decay ** (1 / args.steps), "clip_norm": args.clip}
