@@ -11,6 +11,7 @@ from torch import nn
 from pyro_cnf import (
     CNF,
     ConditionalCNF,
+    FitError,
     FlowDistribution,
     MLPField,
     Solver,
@@ -544,8 +545,6 @@ def test_bad_options_and_dtypes():
 
 
 def test_a_diverging_fit_raises_fit_error():
-    from pyro_cnf import FitError
-
     flow = make_flow("realnvp", 2)
     data = torch.randn(300, 2)
     data[0, 0] = 1e300  # finite, but its log-density overflows
@@ -626,3 +625,20 @@ def test_a_flow_matched_cnf_as_the_likelihood_of_a_pyro_model():
         svi.step(y, learned)
     # the posterior is close to Gaussian: its mode (the MAP) sits by its mean
     assert abs(float(guide.median(y, learned)["loc"]) - mean_q) < 0.5 * sd_q
+
+
+def test_non_finite_gradients_raise_without_updating():
+    class SqrtField(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.theta = nn.Parameter(torch.tensor(0.0))
+
+        def forward(self, t, z, context=None):
+            return z * 0 + self.theta.sqrt()  # finite value, infinite gradient at theta = 0
+
+    field = SqrtField()
+    with pytest.raises(
+        FitError, match="step 0 gave non-finite gradients; the parameters were not updated"
+    ):
+        fit_flow_matching(CNF(2, field=field), torch.randn(300, 2), progress=False)
+    assert float(field.theta.detach()) == 0.0

@@ -146,6 +146,13 @@ def _mean_nll(
     return total / data.shape[0]
 
 
+def _copy(params: list[Tensor], values: list[Tensor]) -> None:
+    """Copy ``values`` into ``params`` in place (under ``no_grad``)."""
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+
+
 def _train_loop(
     result: DensityFitResult,
     objective: Callable[[], Tensor],
@@ -188,7 +195,7 @@ def _train_loop(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in params if p.grad is not None]
-        if grads and not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+        if grads and not bool(torch.stack([g.norm() for g in grads]).isfinite().all()):
             raise FitError(
                 f"step {step} gave non-finite gradients; the parameters were not updated by it. "
                 "Lower lr or regularize the flow"
@@ -204,10 +211,10 @@ def _train_loop(
             current = [p.detach().clone() for p in params]
             with torch.no_grad():
                 if ema is not None:
-                    torch._foreach_copy_(params, ema)
+                    _copy(params, ema)
                 nll = validate()
                 evaluated = [p.detach().clone() for p in params]
-                torch._foreach_copy_(params, current)
+                _copy(params, current)
             result.val_steps.append(step + 1)
             result.val_nll.append(nll)
             result.val_train_time.append(result.train_time)
@@ -227,9 +234,9 @@ def _train_loop(
             break
     with torch.no_grad():
         if best_state is not None:
-            torch._foreach_copy_(params, best_state)
+            _copy(params, best_state)
         elif ema is not None:
-            torch._foreach_copy_(params, ema)
+            _copy(params, ema)
     result.wall_time = time.perf_counter() - start
     return result
 
