@@ -27,6 +27,7 @@ from torch import Tensor
 from ..infer import AutoCNF, AutoFlow, FitError, FitResult, ImportanceDiagnostics, fit_svi
 from ..infer import importance_diagnostics as _importance_diagnostics
 from ..infer.diagnostics import exact_scoring
+from ..models import get_model
 from ..ode import Solver
 from ..transforms.registry import flow_names
 
@@ -650,6 +651,53 @@ def float64() -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def run_guide_comparison(
+    args: Any,
+    model_name: str,
+    title: str,
+    focus: str,
+    steps: tuple[int, int],
+    samples: tuple[int, int],
+    settings: Callable[[str, bool], GuideSettings],
+    figure: Callable[[Sequence[GuideRun], Path], Path],
+) -> int:
+    """The body shared by the zoo examples that compare guides against an exact reference.
+
+    Fits every guide of ``args.guides`` to the zoo model, writes the report (the comparison table
+    with ``focus`` as the highlighted site), the figure and the InferenceData; ``steps`` and
+    ``samples`` are ``(full, smoke)`` defaults.
+    """
+    guides = parse_guides(args.guides)
+    out = prepare_output(args.out)
+    num_steps = resolve(args.steps, *steps, args.smoke)
+    num_samples = resolve(args.num_samples, *samples, args.smoke)
+    model = get_model(model_name)
+    runs, failures = fit_guides(
+        model,
+        guides,
+        steps=num_steps,
+        seed=args.seed,
+        num_samples=num_samples,
+        settings=lambda guide: settings(guide, args.smoke),
+        progress=not args.no_progress,
+    )
+    report = "\n".join(
+        [
+            title,
+            f"reference: {model.reference.kind}",
+            f"steps {num_steps}, seed {args.seed}, S = {num_samples} importance draws"
+            + ("  [SMOKE RUN: the numbers mean nothing]" if args.smoke else ""),
+            "",
+            comparison_table(runs, model.reference, focus),
+            *failures,
+            "",
+            READING_GUIDE,
+        ]
+    )
+    figures = [figure(runs, out)] if runs else []
+    return finish(model, runs, report, out, figures, num_samples, args.seed)
 
 
 def run_main(body: Callable[[], int]) -> int:

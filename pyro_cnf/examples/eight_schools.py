@@ -104,35 +104,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
-        guides = C.parse_guides(args.guides)
-        out = C.prepare_output(args.out)
-        steps = C.resolve(args.steps, _STEPS, _SMOKE_STEPS, args.smoke)
-        num_samples = C.resolve(args.num_samples, _SAMPLES, _SMOKE_SAMPLES, args.smoke)
-        model = get_model("eight_schools_centered")
-        runs, failures = C.fit_guides(
-            model,
-            guides,
-            steps=steps,
-            seed=args.seed,
-            num_samples=num_samples,
-            settings=lambda guide: _settings(guide, args.smoke),
-            progress=not args.no_progress,
+        return C.run_guide_comparison(
+            args,
+            "eight_schools_centered",
+            "Centered eight schools (10 latent dimensions: mu, tau, theta[8])",
+            "tau",
+            (_STEPS, _SMOKE_STEPS),
+            (_SAMPLES, _SMOKE_SAMPLES),
+            _settings,
+            lambda runs, out: _figure(
+                runs, out, get_model("eight_schools_centered").reference.log_Z
+            ),
         )
-        report = "\n".join(
-            [
-                "Centered eight schools (10 latent dimensions: mu, tau, theta[8])",
-                f"reference: {model.reference.kind}",
-                f"steps {steps}, seed {args.seed}, S = {num_samples} importance draws"
-                + ("  [SMOKE RUN: the numbers mean nothing]" if args.smoke else ""),
-                "",
-                C.comparison_table(runs, model.reference, "tau"),
-                *failures,
-                "",
-                C.READING_GUIDE,
-            ]
-        )
-        figures = [_figure(runs, out, model.reference.log_Z)] if runs else []
-        return C.finish(model, runs, report, out, figures, num_samples, args.seed)
 
     return C.run_main(body)
 

@@ -40,7 +40,6 @@ from pathlib import Path
 import pyro.distributions as dist
 from torch import Tensor
 
-from ..models import get_model
 from . import _common as C
 
 __all__ = ["DESCRIPTION", "build_parser", "main"]
@@ -95,35 +94,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
-        guides = C.parse_guides(args.guides)
-        out = C.prepare_output(args.out)
-        steps = C.resolve(args.steps, _STEPS, _SMOKE_STEPS, args.smoke)
-        num_samples = C.resolve(args.num_samples, _SAMPLES, _SMOKE_SAMPLES, args.smoke)
-        model = get_model("funnel")
-        runs, failures = C.fit_guides(
-            model,
-            guides,
-            steps=steps,
-            seed=args.seed,
-            num_samples=num_samples,
-            settings=lambda guide: _settings(guide, args.smoke),
-            progress=not args.no_progress,
+        return C.run_guide_comparison(
+            args,
+            "funnel",
+            "Neal's funnel (10 latent dimensions: v, x[9]); log Z = 0, sd(v) = 3 exactly",
+            "v",
+            (_STEPS, _SMOKE_STEPS),
+            (_SAMPLES, _SMOKE_SAMPLES),
+            _settings,
+            _figure,
         )
-        report = "\n".join(
-            [
-                "Neal's funnel (10 latent dimensions: v, x[9]); log Z = 0, sd(v) = 3 exactly",
-                f"reference: {model.reference.kind}",
-                f"steps {steps}, seed {args.seed}, S = {num_samples} importance draws"
-                + ("  [SMOKE RUN: the numbers mean nothing]" if args.smoke else ""),
-                "",
-                C.comparison_table(runs, model.reference, "v"),
-                *failures,
-                "",
-                C.READING_GUIDE,
-            ]
-        )
-        figures = [_figure(runs, out)] if runs else []
-        return C.finish(model, runs, report, out, figures, num_samples, args.seed)
 
     return C.run_main(body)
 
