@@ -79,13 +79,15 @@ def breast_cancer_data(dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor
 def _model() -> None:
     x, y = breast_cancer_data()
     intercept = pyro.sample("intercept", dist.Normal(0.0, INTERCEPT_SCALE))
-    weights = pyro.sample(
-        "weights", dist.Normal(torch.zeros(x.shape[-1]), WEIGHT_SCALE).to_event(1)
-    )
+    # The coefficients live in a plate, not in an event dim: Predictive(parallel=True) pads a
+    # posterior draw's shape with singleton dims by counting only its batch dims, so a
+    # (samples, 10) draw of an event-shaped site outside every plate would not broadcast.
+    with pyro.plate("features", x.shape[-1]):
+        weights = pyro.sample("weights", dist.Normal(0.0, WEIGHT_SCALE))
     with pyro.plate("data", x.shape[0]):
-        # (x * weights).sum(-1), not x @ weights: batch dims of the latents (vectorized particles,
-        # log_joint) sit left of the plate dim and broadcast through it
-        logits = intercept + (x * weights).sum(-1)
+        # batch dims of the latents (vectorized particles, Predictive, log_joint) sit left of the
+        # plate dim: (..., 1, 10) * (569, 10) summed over the features -> (..., 569)
+        logits = intercept + (weights.unsqueeze(-2) * x).sum(-1)
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
 
 
