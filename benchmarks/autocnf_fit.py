@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument(
         "--warm-start", type=int, default=0, help="AutoDiagonalNormal steps to initialise loc/scale"
     )
+    parser.add_argument("--anneal", type=int, default=0, help="annealing steps (fit_svi)")
+    parser.add_argument("--anneal-start", type=float, default=0.01)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
@@ -85,6 +87,8 @@ def main() -> None:
         num_steps=args.steps,
         optimizer=optimizer,
         loss=elbo,
+        anneal_steps=args.anneal,
+        anneal_start=args.anneal_start,
         progress=args.progress,
         seed=args.seed,
     )
