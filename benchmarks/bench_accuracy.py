@@ -96,6 +96,9 @@ class CNFSetting:
     init_scale: float = 0.1
     regularization: tuple[str, ...] = ()
     regularization_weight: float = 0.0
+    gated: bool = False
+    base_df: float | None = None
+    anneal_steps: int = 0
 
     def solver(self) -> Solver:
         if self.method == "rk4":
@@ -112,6 +115,12 @@ class CNFSetting:
             text += f", init_scale {self.init_scale:g}"
         if self.regularization_weight:
             text += f", reg {'+'.join(self.regularization)} λ={self.regularization_weight:g}"
+        if self.gated:
+            text += ", gated"
+        if self.base_df is not None:
+            text += f", Student-t base (df₀ {self.base_df:g})"
+        if self.anneal_steps:
+            text += f", annealed over {self.anneal_steps} steps"
         return text
 
 
@@ -151,6 +160,8 @@ def build_guide(name: str, model: Any, cnf: CNFSetting) -> Any:
             solver=cnf.solver(),
             init_scale=cnf.init_scale,
             regularization=cnf.regularization,
+            gated=cnf.gated,
+            base_df=cnf.base_df,
         )
     raise ValueError(name)
 
@@ -159,13 +170,19 @@ def fit_settings(args: argparse.Namespace, model_name: str, guide: str) -> dict[
     if guide == "cnf":
         c = CNF[model_name]
         steps, lr, particles = c.steps, c.lr, c.particles
-        reg = c.regularization_weight
+        reg, anneal = c.regularization_weight, c.anneal_steps
     else:
         steps = STEPS.get(model_name, STEPS_2D)
-        lr, particles, reg = GUIDE_LR[guide], PARTICLES, 0.0
+        lr, particles, reg, anneal = GUIDE_LR[guide], PARTICLES, 0.0, 0
     if args.quick:
-        steps = max(10, steps // 50)
-    return {"steps": steps, "lr": lr, "particles": particles, "regularization_weight": reg}
+        steps, anneal = max(10, steps // 50), anneal // 50
+    return {
+        "steps": steps,
+        "lr": lr,
+        "particles": particles,
+        "regularization_weight": reg,
+        "anneal_steps": anneal,
+    }
 
 
 def moment_errors(
@@ -238,6 +255,7 @@ def run_one(args: argparse.Namespace, model_name: str, guide_name: str) -> dict[
             optimizer=optimizer,
             loss=loss,
             regularization_weight=settings["regularization_weight"],
+            anneal_steps=settings["anneal_steps"],
             seed=args.fit_seed,
             progress=False,
         )

@@ -173,13 +173,21 @@ def parse_guides(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class GuideSettings:
-    """How one guide is built and fitted."""
+    """How one guide is built and fitted.
+
+    ``cnf_rk4_steps = 0`` trains the CNF with the adaptive default ``Solver()`` (needed by
+    ``cnf_gated``); ``anneal_fraction`` of the steps anneal the target (``fit_svi``'s
+    ``anneal_steps``).
+    """
 
     lr: float = 0.01
     particles: int = 16
     init_scale: float = 0.1
     cnf_hidden: tuple[int, ...] = (64, 64)
     cnf_rk4_steps: int = 8
+    cnf_gated: bool = False
+    cnf_base_df: float | None = None
+    anneal_fraction: float = 0.0
 
 
 def default_settings(guide: str) -> GuideSettings:
@@ -198,7 +206,11 @@ def make_guide(guide: str, model: Callable[..., Any], settings: GuideSettings) -
             model,
             hidden_dims=settings.cnf_hidden,
             init_scale=settings.init_scale,
-            solver=Solver("rk4", steps=settings.cnf_rk4_steps),
+            solver=Solver("rk4", steps=settings.cnf_rk4_steps)
+            if settings.cnf_rk4_steps
+            else Solver(),
+            gated=settings.cnf_gated,
+            base_df=settings.cnf_base_df,
         )
     if guide == "normal":
         return AutoNormal(model, init_scale=settings.init_scale)
@@ -298,7 +310,14 @@ def run_guide(
     if progress:
         print(f"fitting {guide_name} ({steps} steps)", file=sys.stderr, flush=True)
     fit = fit_svi(
-        model, guide, num_steps=steps, optimizer=optimizer, loss=loss, seed=seed, progress=progress
+        model,
+        guide,
+        num_steps=steps,
+        optimizer=optimizer,
+        loss=loss,
+        anneal_steps=int(settings.anneal_fraction * steps),
+        seed=seed,
+        progress=progress,
     )
     diagnostics = _importance_diagnostics(model, guide, num_samples=num_samples, seed=seed)
     draws = guide_draws(model, guide, sites, num_samples)

@@ -107,7 +107,9 @@ def _parse_targets(text: str) -> list[str]:
 
 def _settings(guide: str, smoke: bool) -> C.GuideSettings:
     settings = C.default_settings(guide)
-    settings = C.GuideSettings(**{**settings.__dict__, "init_scale": 1.0})
+    # every guide anneals over the first half (Rezende & Mohamed 2015): from a narrow start,
+    # reverse KL keeps one lobe of U1 (KL ~ log 2)
+    settings = C.GuideSettings(**{**settings.__dict__, "init_scale": 1.0, "anneal_fraction": 0.5})
     if guide == "cnf":
         settings = C.GuideSettings(**{**settings.__dict__, "lr": 0.005})
     if smoke:
