@@ -16,7 +16,7 @@ import time
 import pyro
 import torch
 from _common import machine
-from pyro.infer import Predictive, Trace_ELBO
+from pyro.infer import Predictive, RenyiELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal
 
 from pyro_cnf import AutoCNF, Solver, fit_svi, importance_diagnostics
@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument(
         "--warm-start", type=int, default=0, help="AutoDiagonalNormal steps to initialise loc/scale"
     )
+    parser.add_argument(
+        "--renyi-alpha", type=float, default=None, help="RenyiELBO(alpha) instead of Trace_ELBO"
+    )
     parser.add_argument("--anneal", type=int, default=0, help="annealing steps (fit_svi)")
     parser.add_argument("--anneal-start", type=float, default=0.01)
     args = parser.parse_args()
@@ -70,7 +73,12 @@ def main() -> None:
     optimizer = pyro.optim.ClippedAdam(
         {"lr": args.lr, "lrd": args.lr_decay ** (1 / args.steps), "clip_norm": args.clip}
     )
-    elbo = Trace_ELBO(num_particles=args.particles, vectorize_particles=True)
+    if args.renyi_alpha is None:
+        elbo = Trace_ELBO(num_particles=args.particles, vectorize_particles=True)
+    else:
+        elbo = RenyiELBO(
+            alpha=args.renyi_alpha, num_particles=args.particles, vectorize_particles=True
+        )
     start = time.perf_counter()
     if args.warm_start:
         diag = AutoDiagonalNormal(model)

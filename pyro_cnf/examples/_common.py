@@ -175,9 +175,9 @@ def parse_guides(text: str) -> list[str]:
 class GuideSettings:
     """How one guide is built and fitted.
 
-    ``cnf_rk4_steps = 0`` trains the CNF with the adaptive default ``Solver()`` (needed by
-    ``cnf_gated``); ``anneal_fraction`` of the steps anneal the target (``fit_svi``'s
-    ``anneal_steps``).
+    ``cnf_rk4_steps = 0`` trains the CNF with the adaptive ``dopri5`` at ``cnf_rtol``,
+    ``cnf_atol`` (needed by ``cnf_gated``); ``anneal_fraction`` of the steps anneal the target
+    (``fit_svi``'s ``anneal_steps``).
     """
 
     lr: float = 0.01
@@ -185,6 +185,8 @@ class GuideSettings:
     init_scale: float = 0.1
     cnf_hidden: tuple[int, ...] = (64, 64)
     cnf_rk4_steps: int = 8
+    cnf_rtol: float = 1e-5
+    cnf_atol: float = 1e-5
     cnf_gated: bool = False
     cnf_base_df: float | None = None
     anneal_fraction: float = 0.0
@@ -206,9 +208,11 @@ def make_guide(guide: str, model: Callable[..., Any], settings: GuideSettings) -
             model,
             hidden_dims=settings.cnf_hidden,
             init_scale=settings.init_scale,
-            solver=Solver("rk4", steps=settings.cnf_rk4_steps)
-            if settings.cnf_rk4_steps
-            else Solver(),
+            solver=(
+                Solver("rk4", steps=settings.cnf_rk4_steps)
+                if settings.cnf_rk4_steps
+                else Solver(rtol=settings.cnf_rtol, atol=settings.cnf_atol)
+            ),
             gated=settings.cnf_gated,
             base_df=settings.cnf_base_df,
         )

@@ -75,8 +75,17 @@ def build_parser(prog: str | None = None) -> C.ExampleParser:
 
 def _settings(guide: str, smoke: bool) -> C.GuideSettings:
     settings = C.default_settings(guide)
-    if guide == "cnf":  # benchmarks/autocnf_fit.py: the best hand-tuned run in docs/benchmarks.md
-        settings = C.GuideSettings(lr=0.01, particles=32, init_scale=0.5)
+    if guide == "cnf":  # docs/benchmarks.md: a gated field with a Student-t base, adaptive solver
+        settings = C.GuideSettings(
+            lr=0.01,
+            particles=32,
+            init_scale=0.5,
+            cnf_rk4_steps=0,
+            cnf_rtol=1e-3,
+            cnf_atol=1e-4,
+            cnf_gated=True,
+            cnf_base_df=5.0,
+        )
     if smoke:
         settings = C.GuideSettings(**{**settings.__dict__, "particles": 4})
     return settings
