@@ -223,7 +223,13 @@ class AutoCNF(AutoFlow):
             with two hidden layers the fused exact trace costs one extra :math:`O(BH^2)` product
             whatever the latent dimension; three cost two :math:`O(BdH^2)`), ``activation``, ``T``,
             ``divergence``, ``solver`` (training), ``eval_solver`` (after ``guide.eval()``),
-            ``regularization``.
+            ``regularization``, ``gated``.
+
+    Which settings for which posterior (measured in ``docs/benchmarks.md``): for funnels and
+    hierarchical models (centered eight schools, Neal's funnel) and curved ones (the banana),
+    ``gated=True`` with an adaptive training solver, e.g. ``solver=Solver(rtol=1e-3,
+    atol=1e-4)``, plus ``base_df=5.0`` where the posterior's tails are heavier than Gaussian;
+    for several modes, anneal (:func:`~pyro_cnf.fit_svi`'s ``anneal_steps``).
 
     Example:
         >>> import pyro
