@@ -95,6 +95,13 @@ def build_parser(prog: str | None = None) -> C.ExampleParser:
     return parser
 
 
+# Every guide anneals on U1 over the first half of its steps (Rezende & Mohamed 2015): from a
+# narrow start, reverse KL keeps one of its two lobes (KL ~ log 2). Not on the others: from
+# beta = 0.01 their weak N(0, 4^2) prior makes the tempered target forty times wider, and the
+# AutoCNF fits of U2 and U3 failed (docs/benchmarks.md).
+_ANNEALED = ("u1",)
+
+
 def _parse_targets(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
@@ -105,11 +112,11 @@ def _parse_targets(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _settings(guide: str, smoke: bool) -> C.GuideSettings:
+def _settings(guide: str, target: str, smoke: bool) -> C.GuideSettings:
     settings = C.default_settings(guide)
-    # every guide anneals over the first half (Rezende & Mohamed 2015): from a narrow start,
-    # reverse KL keeps one lobe of U1 (KL ~ log 2)
-    settings = C.GuideSettings(**{**settings.__dict__, "init_scale": 1.0, "anneal_fraction": 0.5})
+    settings = C.GuideSettings(**{**settings.__dict__, "init_scale": 1.0})
+    if target in _ANNEALED:
+        settings = C.GuideSettings(**{**settings.__dict__, "anneal_fraction": 0.5})
     if guide == "cnf":
         settings = C.GuideSettings(**{**settings.__dict__, "lr": 0.005})
     if smoke:
@@ -222,7 +229,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 steps=steps,
                 seed=args.seed,
                 num_samples=num_samples,
-                settings=lambda guide: _settings(guide, args.smoke),
+                settings=lambda guide, target=target: _settings(guide, target, args.smoke),
                 progress=not args.no_progress,
             )
             results[target] = runs
