@@ -229,34 +229,30 @@ def part1(args, p, data, val) -> dict:
     return out
 
 
+def rectified_2d(args, data, val, **overrides):
+    """Flow matching of a fresh 2-D CNF with the rectified-flow settings of part 1."""
+    options = {
+        "val_data": val,
+        "num_steps": args.fm_steps,
+        "batch_size": args.fm_batch,
+        "lr": args.fm_lr,
+        "eval_every": args.fm_eval_every,
+        "progress": False,
+    } | overrides
+    return fit_flow_matching(make_cnf(2, args.hidden), data, **options)
+
+
 def part2(args, p, data, val, fm_result) -> tuple[dict, object]:
     """KL and NFE: rectified flow and OT-CFM at the same settings, and reflow of part 1's flow."""
     out = {}
     if fm_result is None:
-        fm_result = fit_flow_matching(
-            make_cnf(2, args.hidden),
-            data,
-            val_data=val,
-            num_steps=args.fm_steps,
-            batch_size=args.fm_batch,
-            lr=args.fm_lr,
-            eval_every=args.fm_eval_every,
-            progress=False,
-        )
+        fm_result = rectified_2d(args, data, val)
     out[f"rectified (batch {args.fm_batch})"] = kl_and_nfe(p, fm_result, args.kl_draws) | {
         "train_s": fm_result.train_time
     }
     for coupling, label in (("independent", "rectified"), ("ot", "OT-CFM")):
-        result = fit_flow_matching(
-            make_cnf(2, args.hidden),
-            data,
-            coupling=coupling,
-            val_data=val,
-            num_steps=args.fm_steps,
-            batch_size=args.ot_batch,
-            lr=args.ot_lr,
-            eval_every=args.fm_eval_every,
-            progress=False,
+        result = rectified_2d(
+            args, data, val, coupling=coupling, batch_size=args.ot_batch, lr=args.ot_lr
         )
         out[f"{label} (batch {args.ot_batch})"] = kl_and_nfe(p, result, args.kl_draws) | {
             "train_s": result.train_time
@@ -430,14 +426,7 @@ def main() -> None:
         )
     if "4" in args.parts:
         if fm_result is None:
-            fm_result = fit_flow_matching(
-                make_cnf(2, args.hidden),
-                data,
-                num_steps=args.fm_steps,
-                batch_size=args.fm_batch,
-                lr=args.fm_lr,
-                progress=False,
-            )
+            fm_result = rectified_2d(args, data, None)
         four = part4(args, p, fm_result.distribution)
         report["anomaly"] = four
         print(
