@@ -156,6 +156,7 @@ def fit_svi(
             "annealing needs a loss that scores the model's latent sites by sampling (e.g. "
             "Trace_ELBO): TraceMeanField_ELBO's analytic KL would not temper the prior"
         )
+    loss_fn: Callable[..., Any] | ELBO = elbo
     if regularization_weight > 0:
         with poutine.block():
             guide(*args, **kwargs)  # autoguides build their flows on the first call
@@ -171,9 +172,8 @@ def fit_svi(
             value = elbo.differentiable_loss(model_, guide_, *a, **k)
             return value + regularization_weight * regularization_penalty(guide_)
 
-        svi = SVI(svi_model, guide, optimizer, loss=objective)
-    else:
-        svi = SVI(svi_model, guide, optimizer, loss=elbo)
+        loss_fn = objective
+    svi = SVI(svi_model, guide, optimizer, loss=loss_fn)
 
     from tqdm.auto import tqdm
 
