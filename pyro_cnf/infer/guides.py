@@ -229,7 +229,11 @@ class AutoCNF(AutoFlow):
     hierarchical models (centered eight schools, Neal's funnel) and curved ones (the banana),
     ``gated=True`` with an adaptive training solver, e.g. ``solver=Solver(rtol=1e-3,
     atol=1e-4)``, plus ``base_df=5.0`` where the posterior's tails are heavier than Gaussian;
-    for several modes, anneal (:func:`~pyro_cnf.fit_svi`'s ``anneal_steps``).
+    for several modes, anneal (:func:`~pyro_cnf.fit_svi`'s ``anneal_steps``). To finish,
+    *polish*: a second :func:`~pyro_cnf.fit_svi` call of a few hundred steps with many
+    particles (e.g. ``Trace_ELBO(num_particles=256, vectorize_particles=True)``) at a small
+    constant learning rate (e.g. ``ClippedAdam({"lr": 5e-4})``) takes out the optimizer's noise
+    floor, which is most of the KL left once the guide has the posterior's shape.
 
     Example:
         >>> import pyro
