@@ -5,6 +5,7 @@ from .diagnostics import ImportanceDiagnostics, importance_diagnostics, pareto_k
 from .fit import FitError, FitResult, fit_svi
 from .flow_matching import fit_flow_matching, ot_coupling, reflow, reflow_pairs
 from .guides import AutoCNF, AutoFlow
+from .objectives import InclusiveKL
 
 __all__ = [
     "AutoCNF",
@@ -13,6 +14,7 @@ __all__ = [
     "FitError",
     "FitResult",
     "ImportanceDiagnostics",
+    "InclusiveKL",
     "fit_density",
     "fit_flow_matching",
     "fit_svi",
