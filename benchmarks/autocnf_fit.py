@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--T", type=float, default=1.0)
     parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
     parser.add_argument("--gated", action="store_true", help="field with a multiplicative term")
+    parser.add_argument(
+        "--linear-gate", action="store_true", help="gated='linear' (implies --gated)"
+    )
     parser.add_argument("--base-df", type=float, default=None, help="Student-t base (initial df)")
     parser.add_argument("--clip", type=float, default=10.0)
     parser.add_argument("--lr-decay", type=float, default=0.1, help="total lr decay factor")
@@ -57,6 +60,10 @@ def main() -> None:
     )
     parser.add_argument("--polish-particles", type=int, default=256, help="... these particles")
     parser.add_argument("--polish-lr", type=float, default=5e-4, help="... at this constant lr")
+    parser.add_argument("--save", default=None, help="save the guide's state after the fit")
+    parser.add_argument(
+        "--load", default=None, help="start from a saved state (use --steps 0 to only finish)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
@@ -78,7 +85,7 @@ def main() -> None:
         ),
     )
     optimizer = pyro.optim.ClippedAdam(
-        {"lr": args.lr, "lrd": args.lr_decay ** (1 / args.steps), "clip_norm": args.clip}
+        {"lr": args.lr, "lrd": args.lr_decay ** (1 / max(args.steps, 1)), "clip_norm": args.clip}
     )
     if args.renyi_alpha is None:
         elbo = Trace_ELBO(num_particles=args.particles, vectorize_particles=True)
@@ -86,6 +93,9 @@ def main() -> None:
         elbo = RenyiELBO(
             alpha=args.renyi_alpha, num_particles=args.particles, vectorize_particles=True
         )
+    if args.load:
+        guide()  # builds the guide's modules
+        guide.load_state_dict(torch.load(args.load))
     start = time.perf_counter()
     if args.warm_start:
         diag = AutoDiagonalNormal(model)
@@ -102,17 +112,19 @@ def main() -> None:
         with torch.no_grad():
             guide.loc.copy_(diag.loc)
             guide.scale = diag.scale.detach().clone()
-    fit = fit_svi(
-        model,
-        guide,
-        num_steps=args.steps,
-        optimizer=optimizer,
-        loss=elbo,
-        anneal_steps=args.anneal,
-        anneal_start=args.anneal_start,
-        progress=args.progress,
-        seed=args.seed,
-    )
+    fit = None
+    if args.steps:
+        fit = fit_svi(
+            model,
+            guide,
+            num_steps=args.steps,
+            optimizer=optimizer,
+            loss=elbo,
+            anneal_steps=args.anneal,
+            anneal_start=args.anneal_start,
+            progress=args.progress,
+            seed=args.seed,
+        )
     if args.polish_steps:
         fit = fit_svi(
             model,
@@ -121,8 +133,11 @@ def main() -> None:
             optimizer=pyro.optim.ClippedAdam({"lr": args.polish_lr, "clip_norm": args.clip}),
             loss=Trace_ELBO(num_particles=args.polish_particles, vectorize_particles=True),
             progress=args.progress,
+            seed=None if args.steps else args.seed,
         )
     seconds = time.perf_counter() - start
+    if args.save:
+        torch.save(guide.state_dict(), args.save)
     result = importance_diagnostics(model, guide, num_samples=10_000, seed=args.seed)
     print(machine("float64"))
     print(vars(args))
@@ -131,7 +146,8 @@ def main() -> None:
     print(
         f"fit {seconds:.0f} s | KL {kl} | k-hat {result.khat:.2f} | ESS {result.ess:.0f} | "
         f"log Z {result.log_evidence:.3f} ± {result.log_evidence_se:.3f} (exact {log_z}) | "
-        f"training loss, median of the last 100 steps {statistics.median(fit.losses[-100:]):.3f}"
+        f"training loss, median of the last 100 steps "
+        f"{statistics.median(fit.losses[-100:]) if fit else float('nan'):.3f}"
     )
     guide.eval()  # the evaluation solver, as in the diagnostics
     with torch.no_grad():
