@@ -8,7 +8,9 @@ Run by hand, e.g.::
 Prints KL(q||p) = log Z - ELBO against the reference log Z, Pareto k-hat (S = 10^4), the
 log-evidence estimate, and per site the mean error (in reference sd) and sd ratio of the
 importance-resampled draws and of the guide's own draws. ``--polish-steps N`` adds a second
-stage after the main fit: N steps with more particles at a small constant learning rate.
+stage after the main fit: N steps with more particles at a small constant learning rate (of
+``InclusiveKL(reverse_weight=W)`` with ``--polish-reverse-weight W``). ``--save PATH`` keeps
+the fitted guide's state; ``--load PATH --steps 0`` then tries other polish stages on it.
 """
 
 import argparse
@@ -21,7 +23,7 @@ from _common import machine
 from pyro.infer import Predictive, RenyiELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal
 
-from pyro_cnf import AutoCNF, Solver, fit_svi, importance_diagnostics
+from pyro_cnf import AutoCNF, InclusiveKL, Solver, fit_svi, importance_diagnostics
 from pyro_cnf.models import get_model
 
 
@@ -60,6 +62,15 @@ def main() -> None:
     )
     parser.add_argument("--polish-particles", type=int, default=256, help="... these particles")
     parser.add_argument("--polish-lr", type=float, default=5e-4, help="... at this constant lr")
+    parser.add_argument(
+        "--polish-reverse-weight",
+        type=float,
+        default=None,
+        help="polish with InclusiveKL(reverse_weight=W) instead of Trace_ELBO",
+    )
+    parser.add_argument(
+        "--khat-seeds", type=int, default=1, help="also print k-hat for seeds 0..N-1 (median)"
+    )
     parser.add_argument("--save", default=None, help="save the guide's state after the fit")
     parser.add_argument(
         "--load", default=None, help="start from a saved state (use --steps 0 to only finish)"
@@ -131,7 +142,13 @@ def main() -> None:
             guide,
             num_steps=args.polish_steps,
             optimizer=pyro.optim.ClippedAdam({"lr": args.polish_lr, "clip_norm": args.clip}),
-            loss=Trace_ELBO(num_particles=args.polish_particles, vectorize_particles=True),
+            loss=(
+                Trace_ELBO(num_particles=args.polish_particles, vectorize_particles=True)
+                if args.polish_reverse_weight is None
+                else InclusiveKL(
+                    num_particles=args.polish_particles, reverse_weight=args.polish_reverse_weight
+                )
+            ),
             progress=args.progress,
             seed=None if args.steps else args.seed,
         )
@@ -149,6 +166,15 @@ def main() -> None:
         f"training loss, median of the last 100 steps "
         f"{statistics.median(fit.losses[-100:]) if fit else float('nan'):.3f}"
     )
+    if args.khat_seeds > 1:
+        khats = [
+            importance_diagnostics(model, guide, num_samples=10_000, seed=seed).khat
+            for seed in range(args.khat_seeds)
+        ]
+        print(
+            f"k-hat over draw seeds 0..{args.khat_seeds - 1}: "
+            f"{', '.join(f'{k:.2f}' for k in khats)} (median {statistics.median(khats):.2f})"
+        )
     guide.eval()  # the evaluation solver, as in the diagnostics
     with torch.no_grad():
         own_draws = Predictive(
