@@ -233,7 +233,11 @@ class AutoCNF(AutoFlow):
     *polish*: a second :func:`~pyro_cnf.fit_svi` call of a few hundred steps with many
     particles (e.g. ``Trace_ELBO(num_particles=256, vectorize_particles=True)``) at a small
     constant learning rate (e.g. ``ClippedAdam({"lr": 5e-4})``) takes out the optimizer's noise
-    floor, which is most of the KL left once the guide has the posterior's shape.
+    floor, which is most of the KL left once the guide has the posterior's shape. With
+    ``loss=InclusiveKL(num_particles=256, reverse_weight=0.5)`` instead, that stage also pays
+    for posterior mass the guide misses (:class:`~pyro_cnf.InclusiveKL`; the ELBO barely sees
+    it): on centered eight schools it roughly halved the bias of :math:`E[\tau]` from the
+    guide's own draws, at about 2.5x the cost of an ELBO step.
 
     Example:
         >>> import pyro
