@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
-from pyro_cnf import AutoCNF, InclusiveKL, Solver, fit_svi
+from pyro_cnf import AutoCNF, Exact, Hutchinson, InclusiveKL, Solver, fit_svi
 
 RHO = 0.9
 
@@ -146,3 +146,27 @@ def test_bad_arguments_and_guides_are_named():
     guide = AutoNormal(conjugate)
     with pytest.raises(TypeError, match="AutoContinuous"):
         InclusiveKL(num_particles=4).loss(conjugate, guide)
+
+
+def test_weights_use_the_exact_trace_of_a_hutchinson_trained_cnf():
+    def target():
+        pyro.sample("x", dist.Normal(torch.zeros(3), 2.0).to_event(1))
+
+    guide = AutoCNF(
+        target, hidden_dims=(8,), divergence=Hutchinson(), solver=Solver("rk4", steps=4)
+    )
+    guide()
+    with torch.no_grad():  # a non-trivial flow
+        for p in guide.flow.field.parameters():
+            p.normal_(0.0, 0.5)
+    objective = InclusiveKL(num_particles=8, max_plate_nesting=1)  # no guessing: same draws
+    values = []
+    for divergence in (Hutchinson(), Exact()):
+        guide.flow.divergence = divergence
+        pyro.set_rng_seed(1)
+        values.append(objective.loss(target, guide))
+    assert values[0] == pytest.approx(values[1], abs=1e-12)
+    assert isinstance(guide.flow.divergence, Exact)  # put back as it was
+    guide.flow.divergence = Hutchinson()
+    objective.loss(target, guide)
+    assert isinstance(guide.flow.divergence, Hutchinson)

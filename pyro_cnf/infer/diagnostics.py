@@ -117,23 +117,16 @@ class ImportanceDiagnostics:
 
 
 @contextmanager
-def exact_scoring(guide: Any) -> Iterator[None]:
-    """Score with the guide's evaluation settings: ``.eval()`` solvers and exact CNF traces.
+def exact_traces(guide: Any) -> Iterator[None]:
+    """Give every CNF of ``guide`` the exact trace (e.g. instead of Hutchinson's estimate).
 
-    Restores the guide's mode and divergence strategies on exit.
+    Restores the divergence strategies on exit; the solvers are left as they are.
     """
     from ..transforms.continuous import _CNFBase
 
-    if not isinstance(guide, torch.nn.Module):
-        yield
-        return
-    was_training = guide.training
-    swapped = [
-        (m, m.divergence)
-        for m in guide.modules()
-        if isinstance(m, _CNFBase) and not m.divergence.exact
-    ]
-    guide.eval()
+    modules = guide.modules() if isinstance(guide, torch.nn.Module) else ()
+    swapped = [(m, m.divergence) for m in modules if isinstance(m, _CNFBase)]
+    swapped = [(m, divergence) for m, divergence in swapped if not divergence.exact]
     for module, _ in swapped:
         module.divergence = Exact()
     try:
@@ -141,6 +134,23 @@ def exact_scoring(guide: Any) -> Iterator[None]:
     finally:
         for module, divergence in swapped:
             module.divergence = divergence
+
+
+@contextmanager
+def exact_scoring(guide: Any) -> Iterator[None]:
+    """Score with the guide's evaluation settings: ``.eval()`` solvers and exact CNF traces.
+
+    Restores the guide's mode and divergence strategies on exit.
+    """
+    if not isinstance(guide, torch.nn.Module):
+        yield
+        return
+    was_training = guide.training
+    guide.eval()
+    try:
+        with exact_traces(guide):
+            yield
+    finally:
         guide.train(was_training)
 
 

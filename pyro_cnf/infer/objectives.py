@@ -23,6 +23,7 @@ from pyro.infer.importance import vectorized_importance_weights
 from torch import Tensor
 
 from .._checks import check_positive_int
+from .diagnostics import exact_traces
 
 __all__ = ["InclusiveKL"]
 
@@ -49,6 +50,10 @@ class InclusiveKL(ELBO):
     scratch. Pyro has no such objective for autoguides (its ``RenyiELBO(alpha=0)`` differentiates
     through the draws, whose guide gradient gets noisier as ``S`` grows; Rainforth et al.,
     2018), hence this class.
+
+    The weights use the guide's exact log-density at its training solver (a CNF trained with
+    Hutchinson's trace estimate is scored with the exact trace here; the gradient pass keeps
+    the guide's own trace strategy, whose estimate of :math:`\log q_\phi` is unbiased).
 
     Works with guides that are :class:`~pyro.infer.autoguide.AutoContinuous` (e.g.
     :class:`~pyro_cnf.AutoCNF`, :class:`~pyro_cnf.AutoFlow`, ``AutoMultivariateNormal``): it
@@ -118,7 +123,7 @@ class InclusiveKL(ELBO):
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         size = self.num_particles
-        with torch.no_grad():
+        with torch.no_grad(), exact_traces(guide):
             log_w, _, guide_trace = vectorized_importance_weights(
                 model,
                 guide,
