@@ -43,9 +43,6 @@ def main() -> None:
     parser.add_argument("--T", type=float, default=1.0)
     parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
     parser.add_argument("--gated", action="store_true", help="field with a multiplicative term")
-    parser.add_argument(
-        "--linear-gate", action="store_true", help="gated='linear' (implies --gated)"
-    )
     parser.add_argument("--base-df", type=float, default=None, help="Student-t base (initial df)")
     parser.add_argument("--clip", type=float, default=10.0)
     parser.add_argument("--lr-decay", type=float, default=0.1, help="total lr decay factor")
