@@ -41,6 +41,12 @@ def test_value_is_minus_log_evidence_for_the_exact_posterior():
     assert objective.loss(conjugate, guide) == pytest.approx(-log_z, abs=1e-12)
     value = objective.differentiable_loss(conjugate, guide)
     assert float(value.detach()) == pytest.approx(-log_z, abs=1e-12)
+    # so is the ELBO (log w is constant): the mixed objective reports -log Z as well
+    mixed = InclusiveKL(num_particles=16, reverse_weight=0.3)
+    assert mixed.loss(conjugate, guide) == pytest.approx(-log_z, abs=1e-12)
+    assert float(mixed.differentiable_loss(conjugate, guide).detach()) == pytest.approx(
+        -log_z, abs=1e-12
+    )
 
 
 def test_gradient_matches_the_exact_inclusive_kl_gradient():

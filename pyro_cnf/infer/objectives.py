@@ -43,7 +43,8 @@ class InclusiveKL(ELBO):
     runs the flow once forward (drawing, no gradient) and once backward with a gradient
     (:math:`\log q_\phi(\theta_s)` through the inverse map). The value reported (and returned
     by :meth:`loss`) is the negative importance-weighted bound
-    :math:`-\log \frac1S\sum_s w_s`, which tends to :math:`-\log p(y)` as the guide improves.
+    :math:`-\log \frac1S\sum_s w_s`, which tends to :math:`-\log p(y)` as the guide improves
+    (mixed with the negative ELBO by ``reverse_weight``, like the gradient).
 
     The estimate is only as good as the guide's overlap with the posterior: use it to *finish*
     a guide first fitted by the ELBO (e.g. a few hundred steps with ``S = 256``), not from
@@ -138,12 +139,28 @@ class InclusiveKL(ELBO):
     def _bound(self, log_w: Tensor) -> Tensor:
         return -(torch.logsumexp(log_w, 0) - math.log(log_w.numel()))
 
+    def _elbo(self) -> Trace_ELBO:
+        """The ELBO term of a mixed objective (same particles and plate nesting)."""
+        return Trace_ELBO(
+            num_particles=self.num_particles,
+            max_plate_nesting=self.max_plate_nesting,
+            vectorize_particles=True,
+        )
+
     def loss(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> float:
-        r"""The negative importance-weighted bound :math:`-\log \frac1S \sum_s w_s`."""
+        r"""The negative importance-weighted bound :math:`-\log \frac1S \sum_s w_s`.
+
+        With ``reverse_weight`` :math:`\lambda > 0`: :math:`(1 - \lambda)` times it plus
+        :math:`\lambda` times the negative ELBO.
+        """
         log_w, _ = self._log_weights(model, guide, args, kwargs)
-        return float(self._bound(log_w))
+        value = float(self._bound(log_w))
+        if self.reverse_weight:
+            reverse = self._elbo().loss(model, guide, *args, **kwargs)
+            value = (1 - self.reverse_weight) * value + self.reverse_weight * reverse
+        return value
 
     def differentiable_loss(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
@@ -156,12 +173,7 @@ class InclusiveKL(ELBO):
         surrogate = -(weights * log_q).sum()
         value = surrogate - surrogate.detach() + self._bound(log_w)
         if self.reverse_weight:
-            elbo = Trace_ELBO(
-                num_particles=self.num_particles,
-                max_plate_nesting=self.max_plate_nesting,
-                vectorize_particles=True,
-            )
-            reverse = elbo.differentiable_loss(model, guide, *args, **kwargs)
+            reverse = self._elbo().differentiable_loss(model, guide, *args, **kwargs)
             value = (1 - self.reverse_weight) * value + self.reverse_weight * reverse
         return value
 
