@@ -125,8 +125,9 @@ def exact_traces(guide: Any) -> Iterator[None]:
     from ..transforms.continuous import _CNFBase
 
     modules = guide.modules() if isinstance(guide, torch.nn.Module) else ()
-    swapped = [(m, m.divergence) for m in modules if isinstance(m, _CNFBase)]
-    swapped = [(m, divergence) for m, divergence in swapped if not divergence.exact]
+    swapped = [
+        (m, m.divergence) for m in modules if isinstance(m, _CNFBase) and not m.divergence.exact
+    ]
     for module, _ in swapped:
         module.divergence = Exact()
     try:
