@@ -238,6 +238,10 @@ class AutoCNF(AutoFlow):
     for posterior mass the guide misses (:class:`~pyro_cnf.InclusiveKL`; the ELBO barely sees
     it): on centered eight schools it brought :math:`E[\tau]` from the guide's own draws to
     within 0.09-0.13 of exact (0.18 with the ELBO), at about 2.5x the cost of an ELBO step.
+    A wider field buys KL with time: ``hidden_dims=(128, 128)`` took centered eight schools
+    from a KL of 0.09 to 0.055 at 2.5-3x the fit time, without lowering its Pareto
+    :math:`\hat k` (0.53-0.63 against 0.48-0.74 for ``(64, 64)``): check :math:`\hat k` with
+    :func:`~pyro_cnf.importance_diagnostics` and use its resampled draws where it is high.
 
     Example:
         >>> import pyro
