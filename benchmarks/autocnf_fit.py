@@ -44,10 +44,17 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
     parser.add_argument("--gated", action="store_true", help="field with a multiplicative term")
     parser.add_argument("--base-df", type=float, default=None, help="Student-t base (initial df)")
+    parser.add_argument(
+        "--funnel-layer", action="store_true", help="AutoCNF(funnel_layer=True), for funnels"
+    )
     parser.add_argument("--clip", type=float, default=10.0)
     parser.add_argument("--lr-decay", type=float, default=0.1, help="total lr decay factor")
     parser.add_argument(
-        "--warm-start", type=int, default=0, help="AutoDiagonalNormal steps to initialise loc/scale"
+        "--warm-start",
+        type=int,
+        default=0,
+        help="first fit this many steps without the flow (with --funnel-layer), or of an "
+        "AutoDiagonalNormal whose loc/scale start the fit",
     )
     parser.add_argument(
         "--renyi-alpha", type=float, default=None, help="RenyiELBO(alpha) instead of Trace_ELBO"
@@ -85,6 +92,7 @@ def main() -> None:
         T=args.T,
         gated=args.gated,
         base_df=args.base_df,
+        funnel_layer=args.funnel_layer,
         init_scale=args.init_scale,
         solver=(
             Solver("rk4", steps=args.rk4_steps)
@@ -105,7 +113,21 @@ def main() -> None:
         guide()  # builds the guide's modules
         guide.load_state_dict(torch.load(args.load))
     start = time.perf_counter()
-    if args.warm_start:
+    if args.warm_start and args.funnel_layer:
+        # the affine map and the funnel layer alone first (no ODE solves), then the whole guide
+        with guide.without_flow():
+            fit_svi(
+                model,
+                guide,
+                num_steps=args.warm_start,
+                optimizer=pyro.optim.ClippedAdam(
+                    {"lr": args.lr, "lrd": args.lr_decay ** (1 / args.warm_start)}
+                ),
+                loss=Trace_ELBO(num_particles=args.particles, vectorize_particles=True),
+                progress=False,
+                seed=args.seed,
+            )
+    elif args.warm_start:
         diag = AutoDiagonalNormal(model)
         fit_svi(
             model,

@@ -126,6 +126,7 @@ class CNFSetting:
     atol: float = 1e-5
     gated: bool = False
     base_df: float | None = None
+    funnel_layer: bool = False
     anneal_steps: int = 0
     polish_steps: int = 0
     polish_particles: int = 256
@@ -156,6 +157,8 @@ class CNFSetting:
             text += ", gated"
         if self.base_df is not None:
             text += f", Student-t base (df₀ {self.base_df:g})"
+        if self.funnel_layer:
+            text += ", funnel layer"
         if self.anneal_steps:
             text += f", annealed over {self.anneal_steps} steps"
         if self.polish_steps:
@@ -227,6 +230,7 @@ def build_guide(name: str, model: Any, cnf: CNFSetting) -> Any:
             regularization=cnf.regularization,
             gated=cnf.gated,
             base_df=cnf.base_df,
+            funnel_layer=cnf.funnel_layer,
         )
     raise ValueError(name)
 

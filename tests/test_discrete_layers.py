@@ -20,8 +20,10 @@ from torch.autograd.functional import jacobian
 from pyro_cnf.transforms.linear import (
     ActNorm,
     InverseTransformModule,
+    LogLinearAutoregressive,
     LULinear,
     actnorm,
+    log_linear_autoregressive,
     lu_linear,
 )
 from pyro_cnf.transforms.planar_radial import (
@@ -68,6 +70,9 @@ REGISTRY = {
     "conditional_radial": lambda: _conditioned(_perturb(conditional_radial(D, C, [8, 8]), 0.3)),
     "actnorm": lambda: (lambda m: (m, m))(_perturb(actnorm(D, data_init=False), 0.5)),
     "lu_linear": lambda: (lambda m: (m, m))(_perturb(lu_linear(D), 0.3)),
+    "log_linear_autoregressive": lambda: (lambda m: (m, m))(
+        _perturb(log_linear_autoregressive(D), 0.5)
+    ),
     "maf": lambda: (lambda m: (m, m))(
         _perturb(InverseTransformModule(affine_autoregressive(D, hidden_dims=[8])), 0.1)
     ),
@@ -462,7 +467,15 @@ def test_wrong_context_dimension_is_a_clear_error(factory):
 
 
 @pytest.mark.parametrize(
-    "make", [planar, radial, actnorm, lu_linear, lambda d: conditional_planar(d, 2)]
+    "make",
+    [
+        planar,
+        radial,
+        actnorm,
+        lu_linear,
+        log_linear_autoregressive,
+        lambda d: conditional_planar(d, 2),
+    ],
 )
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True])
 def test_bad_input_dim_is_a_clear_error(make, bad):

@@ -19,11 +19,25 @@ importance weights :math:`p/q` then grow without bound in those tails (large Par
 :math:`\hat k`); see Jaini et al., "Tails of Lipschitz triangular flows", ICML 2020,
 `arXiv:1907.04481 <https://arxiv.org/abs/1907.04481>`_. ``base_df=ν`` uses independent
 Student-t coordinates with learnable degrees of freedom (initialised at :math:`\nu`) instead.
+
+**Funnels.** ``funnel_layer=True`` puts a :class:`~pyro_cnf.transforms.LogLinearAutoregressive`
+layer between the flow and the affine map,
+
+.. math:: \theta = \mu + \sigma \odot g(f(\epsilon)), \qquad
+    g(u)_i = u_i\, e^{\sum_{j<i} A_{ij} u_j} + \textstyle\sum_{j<i} C_{ij} u_j,
+
+(:math:`A, C` learned, zero at the start) so that each coordinate's scale can be the
+exponential of a linear function of the latents sampled before it: the posterior of a centered
+hierarchical model (:math:`\theta_j \sim \mathcal N(\mu, \tau)`, a funnel in
+:math:`(\log\tau, \theta)`) is then a learned non-centering away from the flow's reach.
+It relies on Pyro's latent order, which is the model's sample order: scale parameters
+(:math:`\tau`) must be sampled before the sites they scale, as in any top-down model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro.distributions as dist
@@ -39,6 +53,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 
 from ..distributions import FlowDistribution
+from ..transforms.linear import LogLinearAutoregressive
 from ..transforms.registry import flow_spec, make_flow
 
 __all__ = ["AutoCNF", "AutoFlow"]
@@ -57,6 +72,8 @@ class AutoFlow(AutoContinuous):
         base_df: ``None`` (default) for a standard-normal base; a number :math:`\nu > 0` for a
             heavy-tailed base of independent Student-t coordinates whose degrees of freedom
             start at :math:`\nu` and are learned with the other parameters.
+        funnel_layer: Add a :class:`~pyro_cnf.transforms.LogLinearAutoregressive` layer after
+            the flow (see the module docs): for centered hierarchical models.
         **flow_kwargs: Options of the registry flow (``num_layers``, ``hidden_dims``, ...).
 
     Raises:
@@ -83,6 +100,7 @@ class AutoFlow(AutoContinuous):
         init_scale: float = 0.1,
         num_quantile_samples: int = 4096,
         base_df: float | None = None,
+        funnel_layer: bool = False,
         **flow_kwargs: Any,
     ) -> None:
         if isinstance(flow, str):
@@ -93,6 +111,10 @@ class AutoFlow(AutoContinuous):
             raise ValueError(f"init_scale must be positive, got {init_scale!r}")
         if base_df is not None and not (isinstance(base_df, (int, float)) and base_df > 0):
             raise ValueError(f"base_df must be None or positive, got {base_df!r}")
+        if not isinstance(funnel_layer, bool):
+            raise TypeError(f"funnel_layer must be True or False, got {funnel_layer!r}")
+        self._funnel_layer = funnel_layer
+        self._use_flow = True
         self._base_df = None if base_df is None else float(base_df)
         self._flow_factory = flow
         self._flow_kwargs = flow_kwargs
@@ -114,6 +136,8 @@ class AutoFlow(AutoContinuous):
         else:
             flow = self._flow_factory(self.latent_dim, **self._flow_kwargs)
         self.flow = flow.to(dtype=self.loc.dtype) if isinstance(flow, nn.Module) else flow
+        if self._funnel_layer:
+            self.funnel = LogLinearAutoregressive(self.latent_dim).to(dtype=self.loc.dtype)
 
     def _check_model_sites(self, *args: Any, **kwargs: Any) -> None:
         trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
@@ -149,8 +173,39 @@ class AutoFlow(AutoContinuous):
         )
 
     def get_transform(self, *args: Any, **kwargs: Any) -> list[Transform]:
-        """The flow followed by the affine map (loc, scale)."""
-        return [self.flow, AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1)]
+        """The flow (not inside :meth:`without_flow`), the funnel layer if any, the affine map."""
+        affine = AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1)
+        layers = [self.flow] if self._use_flow else []
+        if self._funnel_layer:
+            layers.append(self.funnel)
+        return [*layers, affine]
+
+    @contextmanager
+    def without_flow(self) -> Iterator[None]:
+        r"""Run the guide without its flow: the affine map (and the funnel layer) alone.
+
+        For a cheap first stage: fit the base, the affine map and the funnel layer (no ODE
+        solves), then the whole guide from there. The flow starts as the identity, so the
+        second stage starts from exactly the guide the first one fitted. Inside the block the
+        flow's parameters are not used (an optimizer sees none of them).
+
+        Example:
+            >>> import pyro
+            >>> pyro.clear_param_store()
+            >>> def model():
+            ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            >>> guide = AutoCNF(model, hidden_dims=(8, 8), funnel_layer=True)
+            >>> with guide.without_flow():
+            ...     draw = guide()  # builds the guide, draws without an ODE solve
+            ...     transforms = guide.get_transform()
+            >>> [type(t).__name__ for t in transforms]
+            ['LogLinearAutoregressive', 'AffineTransform']
+        """
+        previous, self._use_flow = self._use_flow, False
+        try:
+            yield
+        finally:
+            self._use_flow = previous
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> FlowDistribution:
         """The posterior over the unconstrained latent vector, a :class:`~pyro_cnf.FlowDistribution`."""
@@ -219,6 +274,8 @@ class AutoCNF(AutoFlow):
         num_quantile_samples: Draws for :meth:`median` and :meth:`quantiles`.
         base_df: ``None`` for a standard-normal base, or the initial degrees of freedom of a
             heavy-tailed Student-t base (see :class:`AutoFlow`).
+        funnel_layer: Add a :class:`~pyro_cnf.transforms.LogLinearAutoregressive` layer after
+            the CNF, for centered hierarchical models (see :class:`AutoFlow`).
         **cnf_kwargs: Options of :func:`~pyro_cnf.cnf`: ``hidden_dims`` (default ``(64, 64)``:
             with two hidden layers the fused exact trace costs one extra :math:`O(BH^2)` product
             whatever the latent dimension; three cost two :math:`O(BdH^2)`), ``activation``, ``T``,
@@ -260,9 +317,17 @@ class AutoCNF(AutoFlow):
         init_scale: float = 0.1,
         num_quantile_samples: int = 4096,
         base_df: float | None = None,
+        funnel_layer: bool = False,
         **cnf_kwargs: Any,
     ) -> None:
         cnf_kwargs.setdefault("hidden_dims", (64, 64))
         super().__init__(
-            model, "cnf", init_loc_fn, init_scale, num_quantile_samples, base_df, **cnf_kwargs
+            model,
+            "cnf",
+            init_loc_fn,
+            init_scale,
+            num_quantile_samples,
+            base_df,
+            funnel_layer,
+            **cnf_kwargs,
         )

@@ -1,7 +1,16 @@
 """Pyro transforms: continuous normalizing flows, discrete flow layers and stacks, the registry."""
 
 from .continuous import CNF, ConditionalCNF, SolveStats, cnf, conditional_cnf
-from .linear import ActNorm, InverseTransformModule, LULinear, actnorm, lu_linear
+from .linear import (
+    ActNorm,
+    InverseTransformModule,
+    LinearAutoregressiveNN,
+    LogLinearAutoregressive,
+    LULinear,
+    actnorm,
+    log_linear_autoregressive,
+    lu_linear,
+)
 from .planar_radial import (
     ConditionalInvertiblePlanar,
     ConditionalInvertibleRadial,
@@ -45,6 +54,8 @@ __all__ = [
     "InvertiblePlanar",
     "InvertibleRadial",
     "LULinear",
+    "LinearAutoregressiveNN",
+    "LogLinearAutoregressive",
     "Permutation",
     "SolveStats",
     "actnorm",
@@ -59,6 +70,7 @@ __all__ = [
     "householder_flow",
     "hybrid",
     "iaf",
+    "log_linear_autoregressive",
     "lu_linear",
     "maf",
     "make_flow",

@@ -3,6 +3,10 @@ r"""Linear flow layers Pyro lacks, and a module wrapper for the inverse of a flo
 * :class:`ActNorm`: an elementwise affine map with data-dependent initialisation (Glow).
 * :class:`LULinear`: an invertible dense linear map in LU form (Glow's invertible 1x1 convolution
   for vectors), with :math:`O(d)` log-determinant and triangular-solve inverse.
+* :class:`LogLinearAutoregressive`: Pyro's affine autoregressive layer with a *linear* conditioner,
+  :math:`y_i = x_i e^{(A x)_i} + (C x)_i` for strictly lower-triangular :math:`A, C`: the scale of
+  each coordinate is the exponential of a linear function of the earlier ones, the shape of a
+  centered hierarchical model (Neal's funnel), without the saturation of a neural conditioner.
 * :class:`InverseTransformModule`: the inverse of a ``TransformModule`` *as* a ``TransformModule``,
   so that its parameters stay registered (Pyro's ``.inv`` is not an ``nn.Module``). For example the
   masked autoregressive flow (MAF) is the inverse of Pyro's IAF-style ``AffineAutoregressive``.
@@ -29,13 +33,23 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
+from pyro.distributions.transforms import AffineAutoregressive
 from torch import Tensor, nn
 from torch.distributions import Transform
 
 from .._checks import check_positive_int, check_vector
 from ._cache import StampedCacheMixin
 
-__all__ = ["ActNorm", "InverseTransformModule", "LULinear", "actnorm", "lu_linear"]
+__all__ = [
+    "ActNorm",
+    "InverseTransformModule",
+    "LULinear",
+    "LinearAutoregressiveNN",
+    "LogLinearAutoregressive",
+    "actnorm",
+    "log_linear_autoregressive",
+    "lu_linear",
+]
 
 
 class ActNorm(StampedCacheMixin, TransformModule):
@@ -218,6 +232,104 @@ class LULinear(StampedCacheMixin, TransformModule):
     __hash__ = TransformModule.__hash__
 
 
+class LinearAutoregressiveNN(nn.Module):
+    r"""A linear autoregressive conditioner: ``x -> (C x, A x)`` with strictly lower-triangular :math:`A, C`.
+
+    The conditioner of :class:`LogLinearAutoregressive`, in the ``(mean, log_scale)`` form Pyro's
+    ``AffineAutoregressive`` expects (output :math:`i` depends on inputs :math:`j < i` only, in
+    the given order: ``permutation`` is the identity). Both matrices start at zero.
+
+    Arguments:
+        input_dim: Event dimension :math:`d`.
+
+    Example:
+        >>> arn = LinearAutoregressiveNN(3)
+        >>> mean, log_scale = arn(torch.ones(3))
+        >>> mean.tolist(), log_scale.tolist()
+        ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    """
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        check_positive_int("input_dim", input_dim)
+        self.input_dim = input_dim
+        self.shift_weight = nn.Parameter(torch.zeros(input_dim, input_dim))
+        self.log_scale_weight = nn.Parameter(torch.zeros(input_dim, input_dim))
+        self.register_buffer("permutation", torch.arange(input_dim))
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"input_dim={self.input_dim}"
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(C x, A x)`` with the strictly lower triangles of the weights."""
+        return (
+            F.linear(x, self.shift_weight.tril(-1)),
+            F.linear(x, self.log_scale_weight.tril(-1)),
+        )
+
+
+class LogLinearAutoregressive(StampedCacheMixin, AffineAutoregressive):
+    r"""An affine autoregressive layer whose shift and log-scale are linear in the earlier coordinates.
+
+    .. math::
+        y_i = x_i\, e^{s_i(x)} + \textstyle\sum_{j<i} C_{ij} x_j,
+        \qquad s_i(x) = \sum_{j<i} A_{ij} x_j,
+        \qquad \log\lvert\det \partial y/\partial x\rvert = \textstyle\sum_i s_i(x).
+
+    Pyro's ``AffineAutoregressive`` with a :class:`LinearAutoregressiveNN` conditioner (Pyro's
+    own conditioners are MLPs); the coordinates keep their order. It starts as the identity.
+
+    **Why.** In a centered hierarchical model, :math:`\theta_j \sim \mathcal N(\mu, \tau)` with
+    :math:`\log\tau` earlier in the latent vector, the posterior's scale along :math:`\theta`
+    is about :math:`e^{\log\tau}` (Neal's funnel). This layer represents that exactly, with
+    :math:`A_{\theta,\log\tau} = 1` and :math:`C_{\theta,\mu} = 1` (the non-centered
+    parametrization, learned). A neural conditioner or a CNF field with bounded activations
+    follows the scale only over the range it was trained on, and falls short in the funnel's
+    neck, where the largest importance weights then sit.
+
+    The log-scale is clamped to ``[-log_scale_clip, log_scale_clip]`` (Pyro's clamp, which keeps
+    gradients), a guard against overflow far in a heavy-tailed base; the map stays a bijection
+    with the stated log-determinant. The inverse is sequential (:math:`d` conditioner passes).
+
+    Arguments:
+        input_dim: Event dimension :math:`d`.
+        log_scale_clip: Bound on :math:`|s_i|`.
+
+    Example:
+        >>> layer = LogLinearAutoregressive(2)
+        >>> with torch.no_grad():
+        ...     layer.arn.log_scale_weight[1, 0] = 1.0  # y_1 = x_1 exp(x_0)
+        >>> x = torch.tensor([2.0, 3.0])
+        >>> y = layer(x)
+        >>> bool(torch.isclose(y[1], 3.0 * torch.exp(torch.tensor(2.0))))
+        True
+        >>> layer.log_abs_det_jacobian(x, y).item()  # s_1 = x_0
+        2.0
+    """
+
+    def __init__(self, input_dim: int, log_scale_clip: float = 15.0) -> None:
+        if not (isinstance(log_scale_clip, (int, float)) and log_scale_clip > 0):
+            raise ValueError(f"log_scale_clip must be positive, got {log_scale_clip!r}")
+        super().__init__(
+            LinearAutoregressiveNN(input_dim),
+            log_scale_min_clip=-float(log_scale_clip),
+            log_scale_max_clip=float(log_scale_clip),
+        )
+        self.input_dim = input_dim
+
+    __repr__ = nn.Module.__repr__
+
+    def _call(self, x: Tensor) -> Tensor:
+        check_vector("LogLinearAutoregressive input", x, self.input_dim)
+        return super()._call(x)
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        check_vector("LogLinearAutoregressive value", y, self.input_dim)
+        return super()._inverse(y)
+
+    __hash__ = TransformModule.__hash__
+
+
 class InverseTransformModule(StampedCacheMixin, TransformModule):
     r"""The inverse of a bijective ``TransformModule``, itself a ``TransformModule``.
 
@@ -325,3 +437,20 @@ def lu_linear(input_dim: int) -> LULinear:
         torch.Size([3, 3])
     """
     return LULinear(input_dim)
+
+
+def log_linear_autoregressive(
+    input_dim: int, log_scale_clip: float = 15.0
+) -> LogLinearAutoregressive:
+    """Build a :class:`LogLinearAutoregressive` layer (Pyro-style factory).
+
+    Arguments:
+        input_dim: Event dimension.
+        log_scale_clip: Bound on the absolute log-scale.
+
+    Example:
+        >>> x = torch.randn(4, 3)
+        >>> bool(torch.equal(log_linear_autoregressive(3)(x), x))  # starts as the identity
+        True
+    """
+    return LogLinearAutoregressive(input_dim, log_scale_clip)
