@@ -33,6 +33,7 @@ Everything runs in float64 with one torch thread (``--threads``). Tables are mar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -127,6 +128,8 @@ class CNFSetting:
     gated: bool = False
     base_df: float | None = None
     funnel_layer: bool = False
+    # steps of a first stage without the flow (AutoCNF.without_flow), before the main stage
+    flowless_steps: int = 0
     anneal_steps: int = 0
     polish_steps: int = 0
     polish_particles: int = 256
@@ -159,6 +162,8 @@ class CNFSetting:
             text += f", Student-t base (df₀ {self.base_df:g})"
         if self.funnel_layer:
             text += ", funnel layer"
+        if self.flowless_steps:
+            text = f"first {self.flowless_steps} steps without the flow; then " + text
         if self.anneal_steps:
             text += f", annealed over {self.anneal_steps} steps"
         if self.polish_steps:
@@ -184,11 +189,13 @@ _ANNEALED_GATED = {**_GATED, **_ANNEALED, "rtol": 1e-3, "atol": 1e-4}
 CNF: dict[str, CNFSetting] = {
     "eight_schools_centered": CNFSetting(
         **_GATED,
-        steps=4000,
+        steps=2000,
         particles=32,
         base_df=5.0,
         rtol=1e-3,
         atol=1e-4,
+        funnel_layer=True,
+        flowless_steps=1500,
         polish_steps=300,
         polish_reverse_weight=0.5,
     ),
@@ -239,21 +246,24 @@ def fit_settings(args: argparse.Namespace, model_name: str, guide: str) -> dict[
     c = CNF[model_name]
     if guide == "cnf":
         steps, lr, particles = c.steps, c.lr, c.particles
-        reg, anneal = c.regularization_weight, c.anneal_steps
+        reg, anneal, flowless = c.regularization_weight, c.anneal_steps, c.flowless_steps
     else:
         steps = STEPS.get(model_name, STEPS_2D)
         lr, particles, reg = GUIDE_LR[guide], PARTICLES, 0.0
         anneal = steps // 2 if model_name in ANNEALED_MODELS else 0
+        flowless = 0
     # a model's polish stage (after the main fit) is the same for every guide
     polish = c.polish_steps
     if args.quick:
         steps, anneal, polish = max(10, steps // 50), anneal // 50, polish // 50
+        flowless //= 50
     return {
         "steps": steps,
         "lr": lr,
         "particles": particles,
         "regularization_weight": reg,
         "anneal_steps": anneal,
+        "flowless_steps": flowless,
         "polish_steps": polish,
         "polish_particles": c.polish_particles,
         "polish_lr": c.polish_lr,
@@ -357,6 +367,7 @@ def run_one(args: argparse.Namespace, model_name: str, guide_name: str) -> dict[
                 **asdict(CNF[model_name]),
                 "steps": steps,
                 "anneal_steps": settings["anneal_steps"],
+                "flowless_steps": settings["flowless_steps"],
                 "polish_steps": settings["polish_steps"],
             }
         ).describe()
@@ -364,16 +375,35 @@ def run_one(args: argparse.Namespace, model_name: str, guide_name: str) -> dict[
     guide = build_guide(guide_name, m, CNF[model_name])
     # the main stage (learning rate decaying 10x), then an optional polish: more particles at a
     # small constant learning rate, which takes out the optimizer's noise floor
-    stages = [
+    main_loss = Trace_ELBO(num_particles=settings["particles"], vectorize_particles=True)
+    stages = []
+    if settings["flowless_steps"]:  # (steps, optimizer, loss, anneal steps, context)
+        stages.append(
+            (
+                settings["flowless_steps"],
+                pyro.optim.ClippedAdam(
+                    {
+                        "lr": settings["lr"],
+                        "lrd": 0.1 ** (1 / settings["flowless_steps"]),
+                        "clip_norm": 10.0,
+                    }
+                ),
+                main_loss,
+                0,
+                guide.without_flow,
+            )
+        )
+    stages.append(
         (
             steps,
             pyro.optim.ClippedAdam(
                 {"lr": settings["lr"], "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0}
             ),
-            Trace_ELBO(num_particles=settings["particles"], vectorize_particles=True),
+            main_loss,
             settings["anneal_steps"],
+            contextlib.nullcontext,
         )
-    ]
+    )
     if settings["polish_steps"]:
         polish = polish_loss(guide, settings["polish_particles"], settings["polish_reverse_weight"])
         if not isinstance(polish, InclusiveKL):  # the tables show the objective actually used
@@ -384,12 +414,13 @@ def run_one(args: argparse.Namespace, model_name: str, guide_name: str) -> dict[
                 pyro.optim.ClippedAdam({"lr": settings["polish_lr"], "clip_norm": 10.0}),
                 polish,
                 0,
+                contextlib.nullcontext,
             )
         )
     scored = guide_name == "cnf" and model_name in TIMED_MODELS and args.checkpoint_every > 0
     fit_time, losses, checkpoints, done = 0.0, [], [], 0
     try:
-        for stage_steps, optimizer, loss, anneal in stages:
+        for stage_steps, optimizer, loss, anneal, context in stages:
             # chunks share the stage's optimizer (its state and learning-rate decay carry
             # over); annealed stages are not chunked (each fit_svi call restarts the schedule)
             every = (
@@ -397,17 +428,18 @@ def run_one(args: argparse.Namespace, model_name: str, guide_name: str) -> dict[
             )
             for start in range(0, stage_steps, every):
                 chunk = min(every, stage_steps - start)
-                fit = fit_svi(
-                    m,
-                    guide,
-                    num_steps=chunk,
-                    optimizer=optimizer,
-                    loss=loss,
-                    regularization_weight=settings["regularization_weight"],
-                    anneal_steps=anneal,
-                    seed=args.fit_seed if done == 0 else None,
-                    progress=False,
-                )
+                with context():
+                    fit = fit_svi(
+                        m,
+                        guide,
+                        num_steps=chunk,
+                        optimizer=optimizer,
+                        loss=loss,
+                        regularization_weight=settings["regularization_weight"],
+                        anneal_steps=anneal,
+                        seed=args.fit_seed if done == 0 else None,
+                        progress=False,
+                    )
                 fit_time += fit.wall_time
                 losses += fit.losses
                 done += chunk

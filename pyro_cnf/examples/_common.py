@@ -177,7 +177,9 @@ class GuideSettings:
 
     ``cnf_rk4_steps = 0`` trains the CNF with the adaptive ``dopri5`` at ``cnf_rtol``,
     ``cnf_atol`` (needed by ``cnf_gated``); ``anneal_fraction`` of the steps anneal the target
-    (``fit_svi``'s ``anneal_steps``).
+    (``fit_svi``'s ``anneal_steps``). ``cnf_funnel_layer`` is ``AutoCNF(funnel_layer=True)``,
+    and ``flowless_steps`` steps without the flow (``guide.without_flow()``) come first; the
+    reported fit time and losses include them.
     """
 
     lr: float = 0.01
@@ -189,6 +191,8 @@ class GuideSettings:
     cnf_atol: float = 1e-5
     cnf_gated: bool = False
     cnf_base_df: float | None = None
+    cnf_funnel_layer: bool = False
+    flowless_steps: int = 0
     anneal_fraction: float = 0.0
 
 
@@ -215,6 +219,7 @@ def make_guide(guide: str, model: Callable[..., Any], settings: GuideSettings) -
             ),
             gated=settings.cnf_gated,
             base_df=settings.cnf_base_df,
+            funnel_layer=settings.cnf_funnel_layer,
         )
     if guide == "normal":
         return AutoNormal(model, init_scale=settings.init_scale)
@@ -311,6 +316,26 @@ def run_guide(
         vectorize_particles=True,
         max_plate_nesting=plate_nesting(model),
     )
+    first = None
+    if settings.flowless_steps:
+        if progress:
+            print(
+                f"fitting {guide_name} without its flow ({settings.flowless_steps} steps)",
+                file=sys.stderr,
+                flush=True,
+            )
+        with guide.without_flow():
+            first = fit_svi(
+                model,
+                guide,
+                num_steps=settings.flowless_steps,
+                optimizer=pyro.optim.ClippedAdam(
+                    {"lr": settings.lr, "lrd": 0.1 ** (1 / settings.flowless_steps)}
+                ),
+                loss=loss,
+                seed=seed,
+                progress=progress,
+            )
     if progress:
         print(f"fitting {guide_name} ({steps} steps)", file=sys.stderr, flush=True)
     fit = fit_svi(
@@ -323,6 +348,13 @@ def run_guide(
         seed=seed,
         progress=progress,
     )
+    if first is not None:  # one record of both stages
+        fit = FitResult(
+            first.losses + fit.losses,
+            first.betas + fit.betas,
+            first.num_steps + fit.num_steps,
+            first.wall_time + fit.wall_time,
+        )
     diagnostics = _importance_diagnostics(model, guide, num_samples=num_samples, seed=seed)
     draws = guide_draws(model, guide, sites, num_samples)
     return GuideRun(guide_name, guide, fit, diagnostics, draws, settings)
