@@ -185,8 +185,9 @@ class AutoFlow(AutoContinuous):
         r"""Run the guide without its flow: the affine map (and the funnel layer) alone.
 
         For a cheap first stage: fit the base, the affine map and the funnel layer (no ODE
-        solves), then the whole guide from there. The flow starts as the identity, so the
-        second stage starts from exactly the guide the first one fitted. Inside the block the
+        solves), then the whole guide from there. An :class:`AutoCNF`'s flow starts as the
+        identity, so its second stage starts from exactly the guide the first one fitted
+        (other registry flows start near the identity, not at it). Inside the block the
         flow's parameters are not used (an optimizer sees none of them).
 
         Example:
