@@ -20,7 +20,6 @@ from torch.autograd.functional import jacobian
 from pyro_cnf.transforms.linear import (
     ActNorm,
     InverseTransformModule,
-    LogLinearAutoregressive,
     LULinear,
     actnorm,
     log_linear_autoregressive,
