@@ -487,3 +487,15 @@ def test_inverse_transform_module_needs_a_module():
         InverseTransformModule(dist.transforms.ExpTransform())
     with pytest.raises(TypeError, match="nn.Module"):
         InverseTransformModule(torch.nn.Linear(2, 2))
+
+
+def test_log_linear_autoregressive_inverts_float64_points_under_a_float32_default():
+    # Pyro's AffineAutoregressive inverse allocates in the default dtype
+    layer = _perturb(log_linear_autoregressive(D), 0.5)
+    x = torch.randn(4, D)
+    y = layer(x).detach()
+    torch.set_default_dtype(torch.float32)  # the fixture restores it
+    layer.clear_cache()
+    back = layer.inv(y.clone())
+    assert back.dtype == torch.float64
+    assert torch.allclose(back, x, atol=1e-12)

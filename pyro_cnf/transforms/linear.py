@@ -28,6 +28,8 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,25 @@ __all__ = [
     "log_linear_autoregressive",
     "lu_linear",
 ]
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Run with torch's default dtype set to ``dtype``.
+
+    Pyro's ``AffineAutoregressive._inverse`` allocates its work tensor in the default dtype, so a
+    float64 MAF sample (or IAF or :class:`LogLinearAutoregressive` inverse) fails under a
+    float32 default; this works around it.
+    """
+    previous = torch.get_default_dtype()
+    if dtype == previous or dtype not in (torch.float32, torch.float64):
+        yield
+        return
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 class ActNorm(StampedCacheMixin, TransformModule):
@@ -325,7 +346,8 @@ class LogLinearAutoregressive(StampedCacheMixin, AffineAutoregressive):
 
     def _inverse(self, y: Tensor) -> Tensor:
         check_vector("LogLinearAutoregressive value", y, self.input_dim)
-        return super()._inverse(y)
+        with _default_dtype(y.dtype):
+            return super()._inverse(y)
 
     __hash__ = TransformModule.__hash__
 

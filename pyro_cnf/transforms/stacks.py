@@ -13,8 +13,7 @@ the stack is scored without inverting it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyro.distributions.transforms as T
@@ -31,7 +30,7 @@ from torch.distributions import Transform
 from .._checks import check_context, check_positive_int, check_vector
 from ._cache import StampedCacheMixin
 from .continuous import CNF, ConditionalCNF
-from .linear import InverseTransformModule, actnorm, lu_linear
+from .linear import InverseTransformModule, _default_dtype, actnorm, lu_linear
 from .planar_radial import conditional_planar, conditional_radial, planar, radial
 
 __all__ = [
@@ -52,24 +51,6 @@ __all__ = [
     "realnvp",
     "sylvester_flow",
 ]
-
-
-@contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Run with torch's default dtype set to ``dtype``.
-
-    Pyro's ``AffineAutoregressive._inverse`` allocates its work tensor in the default dtype, so a
-    float64 MAF sample (or IAF inverse) fails under a float32 default; this works around it.
-    """
-    previous = torch.get_default_dtype()
-    if dtype == previous or dtype not in (torch.float32, torch.float64):
-        yield
-        return
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 class Permutation(TransformModule):
