@@ -201,3 +201,13 @@ def test_annealing_rejects_bad_settings():
             model, guide, num_steps=5, anneal_steps=2,
             loss=pyro.infer.TraceMeanField_ELBO(), progress=False,
         )  # fmt: skip
+
+
+def test_fit_rejects_tail_adaptive_elbo_with_the_reason():
+    # Pyro's TraceTailAdaptive_ELBO returns inf as its loss by design: without this check the
+    # NaN/inf guard would stop at step 0 with "gave loss inf", which does not say why
+    guide = AutoNormal(model)
+    loss = pyro.infer.TraceTailAdaptive_ELBO(num_particles=4, vectorize_particles=True)
+    with pytest.raises(ValueError, match="TraceTailAdaptive_ELBO: it reports no loss value"):
+        fit_svi(model, guide, num_steps=5, loss=loss, progress=False)
+    assert len(pyro.get_param_store()) == 0  # rejected before any step

@@ -12,7 +12,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO, TraceTailAdaptive_ELBO
 from pyro.infer.elbo import ELBO
 from torch import Tensor
 
@@ -108,7 +108,8 @@ def fit_svi(
         *args: Passed to model and guide.
         num_steps: Number of SVI steps.
         optimizer: A Pyro optimizer (default ``Adam(lr=1e-2)``).
-        loss: A Pyro ELBO (default ``Trace_ELBO()``).
+        loss: A Pyro ELBO (default ``Trace_ELBO()``), or :class:`~pyro_cnf.InclusiveKL`;
+            not ``TraceTailAdaptive_ELBO``, which reports no loss value to guard.
         regularization_weight: :math:`\lambda \ge 0`.
         anneal_steps: Steps of annealing at the start (0: none); must be ``<= num_steps``.
         anneal_start: :math:`\beta_0 \in (0, 1]`.
@@ -155,6 +156,14 @@ def fit_svi(
         raise ValueError(
             "annealing needs a loss that scores the model's latent sites by sampling (e.g. "
             "Trace_ELBO): TraceMeanField_ELBO's analytic KL would not temper the prior"
+        )
+    if isinstance(elbo, TraceTailAdaptive_ELBO):
+        # it returns inf as its loss by design, which the guard below would stop at step 0
+        raise ValueError(
+            "fit_svi cannot use Pyro's TraceTailAdaptive_ELBO: it reports no loss value (inf at "
+            "every step), so the NaN/inf guard cannot watch the fit, and it ranks the particles "
+            "wrongly (pyro-ppl/pyro#3170); for a mass-covering objective use "
+            "pyro_cnf.InclusiveKL"
         )
     loss_fn: Callable[..., Any] | ELBO = elbo
     if regularization_weight > 0:
