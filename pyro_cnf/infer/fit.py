@@ -162,7 +162,7 @@ def fit_svi(
         raise ValueError(
             "fit_svi cannot use Pyro's TraceTailAdaptive_ELBO: it reports no loss value (inf at "
             "every step), so the NaN/inf guard cannot watch the fit, and it ranks the particles "
-            "wrongly (pyro-ppl/pyro#3170); for a mass-covering objective use "
+            "wrongly (pyro-ppl/pyro#3170, open as of Pyro 1.9.2); for a mass-covering objective use "
             "pyro_cnf.InclusiveKL"
         )
     loss_fn: Callable[..., Any] | ELBO = elbo
