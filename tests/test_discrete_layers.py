@@ -8,6 +8,7 @@ scoring fresh points with ``TransformedDistribution``, and clear errors.
 """
 
 import io
+import math
 
 import pyro.distributions as dist
 import pytest
@@ -35,6 +36,7 @@ from pyro_cnf.transforms.planar_radial import (
     planar,
     radial,
 )
+from pyro_cnf.transforms.tails import ExponentialTails, exponential_tails
 
 D = 3  # event dimension
 C = 2  # context dimension
@@ -72,6 +74,7 @@ REGISTRY = {
     "log_linear_autoregressive": lambda: (lambda m: (m, m))(
         _perturb(log_linear_autoregressive(D), 0.5)
     ),
+    "exponential_tails": lambda: (lambda m: (m, m))(_perturb(exponential_tails(D, 0.5), 0.5)),
     "maf": lambda: (lambda m: (m, m))(
         _perturb(InverseTransformModule(affine_autoregressive(D, hidden_dims=[8])), 0.1)
     ),
@@ -499,3 +502,22 @@ def test_log_linear_autoregressive_inverts_float64_points_under_a_float32_defaul
     back = layer.inv(y.clone())
     assert back.dtype == torch.float64
     assert torch.allclose(back, x, atol=1e-12)
+
+
+def test_exponential_tails_turn_a_gaussian_into_exponential_tails_of_rate_one_over_k():
+    # far out on each side d/dy log q(y) -> -1/k, with a correction of order |y|^(-1/2)
+    layer = ExponentialTails(1, init_weight=1.0)
+    with torch.no_grad():
+        layer.raw_left.fill_(math.log(math.expm1(2.0)))  # left weight 2, right weight 1
+    q = dist.TransformedDistribution(dist.Normal(torch.zeros(1), 1.0).to_event(1), [layer])
+    for y, k in ((-1e4, 2.0), (1e4, 1.0)):
+        points = torch.tensor([[y], [y + math.copysign(100.0, y)]])
+        slope = (q.log_prob(points[1]) - q.log_prob(points[0])) / 100.0
+        assert float(slope.detach()) == pytest.approx(-1 / k, rel=0.01)
+
+
+def test_exponential_tails_start_near_the_identity_and_reject_a_bad_weight():
+    x = torch.randn(50, D)
+    assert (exponential_tails(D)(x) - x).abs().max() < 0.01 * x.abs().max() ** 2
+    with pytest.raises(ValueError, match="init_weight"):
+        ExponentialTails(D, init_weight=0.0)

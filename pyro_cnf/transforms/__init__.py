@@ -40,6 +40,7 @@ from .stacks import (
     realnvp,
     sylvester_flow,
 )
+from .tails import ExponentialTails, exponential_tails
 
 __all__ = [
     "CNF",
@@ -48,6 +49,7 @@ __all__ = [
     "ConditionalFlowStack",
     "ConditionalInvertiblePlanar",
     "ConditionalInvertibleRadial",
+    "ExponentialTails",
     "FlowSpec",
     "FlowStack",
     "InverseTransformModule",
@@ -64,6 +66,7 @@ __all__ = [
     "conditional_cnf",
     "conditional_planar",
     "conditional_radial",
+    "exponential_tails",
     "flow_names",
     "flow_spec",
     "glow",
