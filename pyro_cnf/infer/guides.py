@@ -60,6 +60,8 @@ from torch.distributions import Transform, biject_to
 from ..distributions import FlowDistribution
 from ..transforms.linear import LogLinearAutoregressive
 from ..transforms.registry import flow_spec, make_flow
+from ..transforms.tails import ExponentialTails
+from ._noncentering import LocScaleNoncentering, loc_scale_sites
 
 __all__ = ["AutoCNF", "AutoFlow"]
 
@@ -79,6 +81,11 @@ class AutoFlow(AutoContinuous):
             start at :math:`\nu` and are learned with the other parameters.
         funnel_layer: Add a :class:`~pyro_cnf.transforms.LogLinearAutoregressive` layer after
             the flow (see the module docs): for centered hierarchical models.
+        noncentered: Work in non-centered coordinates of the model's location-scale latent
+            sites (see the module docs): ``True`` for every such site, or a sequence of site
+            names. For centered hierarchical models; exact where the funnel layer is learned.
+        tail_layer: Put an :class:`~pyro_cnf.transforms.ExponentialTails` layer on the base,
+            before the flow, so that the fit can give each coordinate exponential tails.
         **flow_kwargs: Options of the registry flow (``num_layers``, ``hidden_dims``, ...).
 
     Raises:
@@ -106,6 +113,8 @@ class AutoFlow(AutoContinuous):
         num_quantile_samples: int = 4096,
         base_df: float | None = None,
         funnel_layer: bool = False,
+        noncentered: bool | Sequence[str] = False,
+        tail_layer: bool = False,
         **flow_kwargs: Any,
     ) -> None:
         if isinstance(flow, str):
@@ -118,7 +127,20 @@ class AutoFlow(AutoContinuous):
             raise ValueError(f"base_df must be None or positive, got {base_df!r}")
         if not isinstance(funnel_layer, bool):
             raise TypeError(f"funnel_layer must be True or False, got {funnel_layer!r}")
+        if not isinstance(tail_layer, bool):
+            raise TypeError(f"tail_layer must be True or False, got {tail_layer!r}")
+        if not isinstance(noncentered, bool) and not (
+            isinstance(noncentered, Sequence)
+            and not isinstance(noncentered, str)
+            and all(isinstance(name, str) for name in noncentered)
+        ):
+            raise TypeError(
+                f"noncentered must be True, False or a sequence of site names, got {noncentered!r}"
+            )
         self._funnel_layer = funnel_layer
+        self._tail_layer = tail_layer
+        self._noncentered = noncentered if isinstance(noncentered, bool) else tuple(noncentered)
+        self._noncentered_sites: tuple[str, ...] = ()
         self._use_flow = True
         self._base_df = None if base_df is None else float(base_df)
         self._flow_factory = flow
@@ -130,7 +152,11 @@ class AutoFlow(AutoContinuous):
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         self._check_model_sites(*args, **kwargs)
         super()._setup_prototype(*args, **kwargs)
-        self.loc = nn.Parameter(self._init_loc())
+        init_loc = self._init_loc()
+        self._noncentered_sites = self._select_noncentered_sites()
+        if self._noncentered_sites:  # the affine map acts on the standardized coordinates
+            init_loc = self._noncentering(args, kwargs).inv(init_loc)
+        self.loc = nn.Parameter(init_loc.detach())
         self.scale = PyroParam(
             self.loc.new_full((self.latent_dim,), self._init_scale), self.scale_constraint
         )
@@ -143,6 +169,37 @@ class AutoFlow(AutoContinuous):
         self.flow = flow.to(dtype=self.loc.dtype) if isinstance(flow, nn.Module) else flow
         if self._funnel_layer:
             self.funnel = LogLinearAutoregressive(self.latent_dim).to(dtype=self.loc.dtype)
+        if self._tail_layer:
+            self.tails = ExponentialTails(self.latent_dim).to(dtype=self.loc.dtype)
+
+    def _select_noncentered_sites(self) -> tuple[str, ...]:
+        if self._noncentered is False:
+            return ()
+        eligible = loc_scale_sites(self)
+        if self._noncentered is True:
+            if not eligible:
+                raise ValueError(
+                    f"{type(self).__name__}(noncentered=True): the model has no latent site of a "
+                    "location-scale family on the real line (Normal, StudentT, Cauchy, ...)"
+                )
+            return eligible
+        latent = [name for name, _ in self.prototype_trace.iter_stochastic_nodes()]
+        for name in self._noncentered:
+            if name not in latent:
+                raise ValueError(
+                    f"{type(self).__name__}(noncentered=...): {name!r} is not a latent site of "
+                    f"the model (latent sites: {latent})"
+                )
+            if name not in eligible:
+                raise ValueError(
+                    f"{type(self).__name__}(noncentered=...): site {name!r} is not of a "
+                    "location-scale family on the real line (Normal, StudentT, Cauchy, ...), so "
+                    "it has no non-centered form"
+                )
+        return tuple(name for name in eligible if name in self._noncentered)
+
+    def _noncentering(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LocScaleNoncentering:
+        return LocScaleNoncentering(self, self._noncentered_sites, args, kwargs)
 
     def _check_model_sites(self, *args: Any, **kwargs: Any) -> None:
         trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
@@ -178,12 +235,16 @@ class AutoFlow(AutoContinuous):
         )
 
     def get_transform(self, *args: Any, **kwargs: Any) -> list[Transform]:
-        """The flow (not inside :meth:`without_flow`), the funnel layer if any, the affine map."""
-        affine = AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1)
-        layers = [self.flow] if self._use_flow else []
+        """The flow (unless :meth:`without_flow`), tail, funnel, affine and non-centering layers."""
+        layers: list[Transform] = [self.flow] if self._use_flow else []
+        if self._tail_layer:
+            layers.append(self.tails)
         if self._funnel_layer:
             layers.append(self.funnel)
-        return [*layers, affine]
+        layers.append(AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1))
+        if self._noncentered_sites:
+            layers.append(self._noncentering(args, kwargs))
+        return layers
 
     @contextmanager
     def without_flow(self) -> Iterator[None]:
@@ -282,6 +343,10 @@ class AutoCNF(AutoFlow):
             heavy-tailed Student-t base (see :class:`AutoFlow`).
         funnel_layer: Add a :class:`~pyro_cnf.transforms.LogLinearAutoregressive` layer after
             the CNF, for centered hierarchical models (see :class:`AutoFlow`).
+        noncentered: Non-center the model's location-scale sites inside the guide (``True``
+            or site names; see :class:`AutoFlow`).
+        tail_layer: Add an :class:`~pyro_cnf.transforms.ExponentialTails` layer on the base
+            (see :class:`AutoFlow`).
         **cnf_kwargs: Options of :func:`~pyro_cnf.cnf`: ``hidden_dims`` (default ``(64, 64)``:
             with two hidden layers the fused exact trace costs one extra :math:`O(BH^2)` product
             whatever the latent dimension; three cost two :math:`O(BdH^2)`), ``activation``, ``T``,
@@ -328,6 +393,8 @@ class AutoCNF(AutoFlow):
         num_quantile_samples: int = 4096,
         base_df: float | None = None,
         funnel_layer: bool = False,
+        noncentered: bool | Sequence[str] = False,
+        tail_layer: bool = False,
         **cnf_kwargs: Any,
     ) -> None:
         cnf_kwargs.setdefault("hidden_dims", (64, 64))
@@ -339,5 +406,7 @@ class AutoCNF(AutoFlow):
             num_quantile_samples,
             base_df,
             funnel_layer,
+            noncentered,
+            tail_layer,
             **cnf_kwargs,
         )
