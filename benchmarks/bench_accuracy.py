@@ -128,6 +128,8 @@ class CNFSetting:
     gated: bool = False
     base_df: float | None = None
     funnel_layer: bool = False
+    noncentered: bool = False
+    tail_layer: bool = False
     # steps of a first stage without the flow (AutoCNF.without_flow), before the main stage
     flowless_steps: int = 0
     anneal_steps: int = 0
@@ -162,6 +164,10 @@ class CNFSetting:
             text += f", Student-t base (df₀ {self.base_df:g})"
         if self.funnel_layer:
             text += ", funnel layer"
+        if self.tail_layer:
+            text += ", tail layer"
+        if self.noncentered:
+            text += ", non-centered"
         if self.flowless_steps:
             text = f"first {self.flowless_steps} steps without the flow; then " + text
         if self.anneal_steps:
@@ -189,15 +195,14 @@ _ANNEALED_GATED = {**_GATED, **_ANNEALED, "rtol": 1e-3, "atol": 1e-4}
 CNF: dict[str, CNFSetting] = {
     "eight_schools_centered": CNFSetting(
         **_GATED,
-        steps=2000,
+        steps=1000,
         particles=32,
-        base_df=5.0,
         rtol=1e-3,
         atol=1e-4,
         funnel_layer=True,
+        noncentered=True,
+        tail_layer=True,
         flowless_steps=1500,
-        polish_steps=300,
-        polish_reverse_weight=0.5,
     ),
     "eight_schools_noncentered": CNFSetting(
         **_GATED, steps=1000, particles=32, base_df=5.0, rtol=1e-3, atol=1e-4
@@ -238,6 +243,8 @@ def build_guide(name: str, model: Any, cnf: CNFSetting) -> Any:
             gated=cnf.gated,
             base_df=cnf.base_df,
             funnel_layer=cnf.funnel_layer,
+            noncentered=cnf.noncentered,
+            tail_layer=cnf.tail_layer,
         )
     raise ValueError(name)
 

@@ -177,7 +177,8 @@ class GuideSettings:
 
     ``cnf_rk4_steps = 0`` trains the CNF with the adaptive ``dopri5`` at ``cnf_rtol``,
     ``cnf_atol`` (needed by ``cnf_gated``); ``anneal_fraction`` of the steps anneal the target
-    (``fit_svi``'s ``anneal_steps``). ``cnf_funnel_layer`` is ``AutoCNF(funnel_layer=True)``,
+    (``fit_svi``'s ``anneal_steps``). ``cnf_funnel_layer``, ``cnf_noncentered`` and
+    ``cnf_tail_layer`` are ``AutoCNF``'s ``funnel_layer``, ``noncentered`` and ``tail_layer``,
     and ``flowless_steps`` steps without the flow (``guide.without_flow()``) come first; the
     reported fit time and losses include them.
     """
@@ -192,6 +193,8 @@ class GuideSettings:
     cnf_gated: bool = False
     cnf_base_df: float | None = None
     cnf_funnel_layer: bool = False
+    cnf_noncentered: bool = False
+    cnf_tail_layer: bool = False
     flowless_steps: int = 0
     anneal_fraction: float = 0.0
 
@@ -220,6 +223,8 @@ def make_guide(guide: str, model: Callable[..., Any], settings: GuideSettings) -
             gated=settings.cnf_gated,
             base_df=settings.cnf_base_df,
             funnel_layer=settings.cnf_funnel_layer,
+            noncentered=settings.cnf_noncentered,
+            tail_layer=settings.cnf_tail_layer,
         )
     if guide == "normal":
         return AutoNormal(model, init_scale=settings.init_scale)

@@ -23,7 +23,12 @@ The ELBO barely pays for tail mass, so it raises :math:`\nu` as it fits (on cent
 schools, without the flow, from 5 to 13 in 3000 steps and to 55 at a 3x larger step size):
 the tails stay heavy only while :math:`\nu` is still rising, and a mass-covering finish
 (:class:`~pyro_cnf.InclusiveKL`) is what puts some tail mass back (``docs/benchmarks.md``,
-sessions 4 and 8).
+sessions 4 and 8). ``tail_layer=True`` works better: an
+:class:`~pyro_cnf.transforms.ExponentialTails` layer between the flow and the affine map
+gives each side of each coordinate an exponential tail whose weight the fit sets, and the
+ELBO *does* keep that weight where the posterior has such a tail (on centered eight schools,
+non-centered as below, the left tail of :math:`\log\tau`, where
+:math:`p(\log\tau) \propto \tau`, keeps a weight near 1 and the others go to 0).
 
 **Funnels.** ``funnel_layer=True`` puts a :class:`~pyro_cnf.transforms.LogLinearAutoregressive`
 layer between the flow and the affine map,
@@ -37,6 +42,24 @@ hierarchical model (:math:`\theta_j \sim \mathcal N(\mu, \tau)`, a funnel in
 :math:`(\log\tau, \theta)`) is then a learned non-centering away from the flow's reach.
 It relies on Pyro's latent order, which is the model's sample order: scale parameters
 (:math:`\tau`) must be sampled before the sites they scale, as in any top-down model.
+
+**Non-centering.** ``noncentered=True`` (or a list of site names) makes the guide's last layer
+the model's own conditionals: each latent site of a location-scale family on the real line
+(Normal, Student-t, Cauchy, Laplace, ...) is represented by
+:math:`\tilde\theta = (\theta - \mathrm{loc}) / \mathrm{scale}`, with loc and scale computed by
+the model from the earlier sites (one pass of the model per map, its likelihood not scored), so
+
+.. math:: \theta = \mathrm{loc}(\ldots) + \mathrm{scale}(\ldots)\,
+    \bigl[\mu + \sigma \odot g(f(\epsilon))\bigr]_\theta .
+
+The guide then fits the non-centered posterior while the model stays centered (the sites,
+``Predictive`` and ArviZ output are the model's). Unlike the learned funnel layer this is exact
+at every :math:`\tau`: a learned non-centering is right only to the precision the bulk of the
+draws pins it down, below which :math:`\tau` is too small to sample, which is where the
+largest importance weights came from. Pyro's ``LocScaleReparam`` does the same to the model
+instead (it renames the sites); Gorinova, Moore & Hoffman, ICML 2020,
+`arXiv:1906.03028 <https://arxiv.org/abs/1906.03028>`_, learn a partial version. A site whose
+data dominate its prior is better left centered: name the sites to map.
 """
 
 from __future__ import annotations
