@@ -25,7 +25,8 @@ the tails stay heavy only while :math:`\nu` is still rising, and a mass-covering
 (:class:`~pyro_cnf.InclusiveKL`) is what puts some tail mass back (``docs/benchmarks.md``,
 sessions 4 and 8). ``tail_layer=True`` works better: an
 :class:`~pyro_cnf.transforms.ExponentialTails` layer between the flow and the affine map
-gives each side of each coordinate an exponential tail whose weight the fit sets, and the
+(after the flow, so the CNF solves on Gaussian-tailed points) gives each side of each
+coordinate an exponential tail whose weight the fit sets, and the
 ELBO *does* keep that weight where the posterior has such a tail (on centered eight schools,
 non-centered as below, the left tail of :math:`\log\tau`, where
 :math:`p(\log\tau) \propto \tau`, keeps a weight near 1 and the others go to 0).
@@ -107,8 +108,9 @@ class AutoFlow(AutoContinuous):
         noncentered: Work in non-centered coordinates of the model's location-scale latent
             sites (see the module docs): ``True`` for every such site, or a sequence of site
             names. For centered hierarchical models; exact where the funnel layer is learned.
-        tail_layer: Put an :class:`~pyro_cnf.transforms.ExponentialTails` layer on the base,
-            before the flow, so that the fit can give each coordinate exponential tails.
+        tail_layer: Put an :class:`~pyro_cnf.transforms.ExponentialTails` layer between the
+            flow and the funnel layer (or affine map), so that the fit can give each
+            coordinate exponential tails (see the module docs).
         **flow_kwargs: Options of the registry flow (``num_layers``, ``hidden_dims``, ...).
 
     Raises:
@@ -368,8 +370,8 @@ class AutoCNF(AutoFlow):
             the CNF, for centered hierarchical models (see :class:`AutoFlow`).
         noncentered: Non-center the model's location-scale sites inside the guide (``True``
             or site names; see :class:`AutoFlow`).
-        tail_layer: Add an :class:`~pyro_cnf.transforms.ExponentialTails` layer on the base
-            (see :class:`AutoFlow`).
+        tail_layer: Add an :class:`~pyro_cnf.transforms.ExponentialTails` layer after the
+            CNF (see :class:`AutoFlow`).
         **cnf_kwargs: Options of :func:`~pyro_cnf.cnf`: ``hidden_dims`` (default ``(64, 64)``:
             with two hidden layers the fused exact trace costs one extra :math:`O(BH^2)` product
             whatever the latent dimension; three cost two :math:`O(BdH^2)`), ``activation``, ``T``,

@@ -6,8 +6,9 @@ no CNF, affine or coupling layer reaches a posterior whose tails are exponential
 a scale :math:`\log\tau` near :math:`\tau = 0` in a hierarchical model, where
 :math:`p(\log\tau) \propto \tau`. The importance weights :math:`p/q` then grow without bound in
 that tail and the Pareto :math:`\hat k` with them. :class:`ExponentialTails` is a non-Lipschitz
-map put on the base, before the flow, that makes each side of each coordinate's tail exponential
-by an amount the fit chooses. Pyro and torch have no such layer.
+map that makes each side of each coordinate's tail exponential by an amount the fit chooses.
+The guides put it after the flow, so the ODE is solved on Gaussian-tailed points (a Lipschitz
+flow would keep the exponential tails either way). Pyro and torch have no such layer.
 """
 
 from __future__ import annotations
