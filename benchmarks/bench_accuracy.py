@@ -195,7 +195,7 @@ _ANNEALED_GATED = {**_GATED, **_ANNEALED, "rtol": 1e-3, "atol": 1e-4}
 CNF: dict[str, CNFSetting] = {
     "eight_schools_centered": CNFSetting(
         **_GATED,
-        steps=1000,
+        steps=3000,
         particles=32,
         rtol=1e-3,
         atol=1e-4,
