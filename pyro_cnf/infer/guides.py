@@ -384,11 +384,12 @@ class AutoCNF(AutoFlow):
     atol=1e-4)``. For a centered hierarchical model add ``noncentered=True``,
     ``tail_layer=True`` and ``funnel_layer=True``, and fit first without the flow
     (:meth:`~AutoFlow.without_flow`, no ODE solves): on centered eight schools 1500 such steps
-    and 1000 with the flow gave KL 0.03-0.05 and Pareto :math:`\hat k` 0.43-0.58 (medians
-    over draw seeds; four of five fits at most 0.5) in 3.5-6 minutes of fit on a loaded core,
-    where the learned funnel layer alone (with a Student-t base, ``base_df=5.0``, and an
-    inclusive polish) stayed at :math:`\hat k` 0.50-0.62 after 11 minutes; the guide's own sd
-    of :math:`\tau` was still 6-13 % short (the importance-resampled draws': within 3 %); for
+    and 3000 with the flow gave KL 0.020-0.024, Pareto :math:`\hat k` 0.40-0.48 (medians over
+    draw seeds), the guide's own mean of :math:`\tau` within 0.05 of exact and its sd 3-6 %
+    short on each of three fits, in 5.5-7 minutes of fit on one core, where the learned
+    funnel layer alone (with a Student-t base, ``base_df=5.0``, and an inclusive polish)
+    stayed at :math:`\hat k` 0.50-0.62 after 11 minutes (1000-1500 steps with the flow left
+    the sd of :math:`\tau` 6-15 % short on some fits); for
     several modes, anneal (:func:`~pyro_cnf.fit_svi`'s ``anneal_steps``). To finish,
     *polish*: a second :func:`~pyro_cnf.fit_svi` call of a few hundred steps with many
     particles (e.g. ``Trace_ELBO(num_particles=256, vectorize_particles=True)``) at a small
