@@ -33,6 +33,7 @@ Everything runs in float64 with one torch thread (``--threads``). Tables are mar
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import math
@@ -41,7 +42,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import pyro
@@ -692,6 +693,25 @@ def machine() -> str:
     return _machine("float64")
 
 
+def cnf_overrides(items: list[str]) -> dict[str, Any]:
+    """``["steps=1500", "base_df=5.0"]`` -> ``{"steps": 1500, "base_df": 5.0}``, checked
+    against the fields of :class:`CNFSetting`."""
+    names = {f.name for f in fields(CNFSetting)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(
+                f"--cnf expects FIELD=VALUE with FIELD one of {', '.join(sorted(names))}; "
+                f"got {item!r}"
+            )
+        try:
+            out[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--cnf {name}: {text!r} is not a Python literal") from None
+    return out
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="steps / 50, S = 1000 (smoke run)")
@@ -722,7 +742,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fit-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write raw results to this file")
+    p.add_argument(
+        "--cnf",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set a field of every model's AutoCNF setting for this run, e.g. --cnf steps=1500 "
+        "--cnf base_df=5.0 (repeatable; VALUE is a Python literal)",
+    )
     args = p.parse_args(argv)
+    try:
+        args.cnf = cnf_overrides(args.cnf)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.quick:
         args.num_samples = min(args.num_samples, 1000)
     args.models = [s for s in args.models.split(",") if s]
@@ -738,6 +770,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    for name, setting in CNF.items():  # --cnf: this run's AutoCNF settings
+        CNF[name] = replace(setting, **args.cnf)
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float64)
     start = time.perf_counter()
