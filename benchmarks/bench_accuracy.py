@@ -19,7 +19,8 @@ vectorized particles, ``ClippedAdam`` whose learning rate decays 10x over the ru
 * fit wall time.
 
 One fit per (model, guide) with ``--fit-seed``; the seeds vary the diagnostic draws only. All
-guides but AutoCNF share a model's step budget; AutoCNF has per-model settings (``CNF``). On U1
+guides but AutoCNF share a model's step budget; AutoCNF has per-model settings (``CNF``; ``--cnf
+FIELD=VALUE`` changes a field of them for one run, e.g. ``--cnf steps=1500``). On U1
 every guide anneals over the first half of its steps (``fit_svi(anneal_steps=...)``).
 It also times Pyro's NUTS on ``eight_schools_centered`` (``--nuts-chains`` chains of 1000 draws
 run one after the other on one core; its R-hat is reported) and checks AutoCNF against the
