@@ -386,7 +386,7 @@ class AutoCNF(AutoFlow):
     (:meth:`~AutoFlow.without_flow`, no ODE solves): on centered eight schools 1500 such steps
     and 3000 with the flow gave KL 0.020-0.024, Pareto :math:`\hat k` 0.40-0.48 (medians over
     draw seeds), the guide's own mean of :math:`\tau` within 0.05 of exact and its sd 3-6 %
-    short on each of three fits, in 5.5-7 minutes of fit on one core, where the learned
+    short on each of three fits, in 5.5-7.5 minutes of fit on one core, where the learned
     funnel layer alone (with a Student-t base, ``base_df=5.0``, and an inclusive polish)
     stayed at :math:`\hat k` 0.50-0.62 after 11 minutes (1000-1500 steps with the flow left
     the sd of :math:`\tau` 6-15 % short on some fits); for
