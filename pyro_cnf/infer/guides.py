@@ -389,8 +389,8 @@ class AutoCNF(AutoFlow):
     short on each of three fits, in 5.5-7.5 minutes of fit on one core, where the learned
     funnel layer alone (with a Student-t base, ``base_df=5.0``, and an inclusive polish)
     stayed at :math:`\hat k` 0.50-0.62 after 11 minutes (1000-1500 steps with the flow left
-    the sd of :math:`\tau` 6-15 % short on some fits); for
-    several modes, anneal (:func:`~pyro_cnf.fit_svi`'s ``anneal_steps``). To finish,
+    the sd of :math:`\tau` 6-15 % short on some fits); for several modes, anneal
+    (:func:`~pyro_cnf.fit_svi`'s ``anneal_steps``). To finish,
     *polish*: a second :func:`~pyro_cnf.fit_svi` call of a few hundred steps with many
     particles (e.g. ``Trace_ELBO(num_particles=256, vectorize_particles=True)``) at a small
     constant learning rate (e.g. ``ClippedAdam({"lr": 5e-4})``) takes out the optimizer's noise
