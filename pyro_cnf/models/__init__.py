@@ -15,6 +15,10 @@ name                           latent sites                  reference
 ``logistic_regression``        intercept, weights (10)       NUTS made by pyro-cnf (~1 min), no log Z
 =============================  ============================  =========================================
 
+:func:`load_posteriordb` adds eight posteriors of posteriordb (a hierarchical model, AR(5),
+GARCH(1, 1), a latent Gaussian process, a mixture, two regressions with correlated coefficients,
+an ODE model) whose references are posteriordb's own NUTS draws (``Reference.draws``).
+
 With :math:`\log Z` known, :math:`\mathrm{KL}(q \,\|\, p) = \log Z - \mathrm{ELBO}` is the honest
 accuracy number of a variational fit.
 
@@ -33,8 +37,10 @@ from .eight_schools import eight_schools_centered, eight_schools_noncentered
 from .energies import energy_u1, energy_u2, energy_u3, energy_u4
 from .funnel import funnel
 from .logistic import logistic_regression
+from .posteriordb import POSTERIORS, load_posteriordb, posteriordb_root
 
 __all__ = [
+    "POSTERIORS",
     "BayesianModel",
     "Reference",
     "banana",
@@ -46,6 +52,8 @@ __all__ = [
     "energy_u4",
     "funnel",
     "get_model",
+    "load_posteriordb",
     "logistic_regression",
+    "posteriordb_root",
     "zoo",
 ]

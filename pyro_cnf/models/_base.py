@@ -39,6 +39,8 @@ class Reference:
         kind: How it was computed: ``"analytic"``, ``"quadrature (...)"`` or
             ``"NUTS (made by pyro-cnf ...)"``.
         details: Extra facts about the computation (grid, refinement change, R-hat, wall time, ...).
+        draws: Reference posterior draws where the reference is a sample, ``{site: (chains,
+            draws, *site_shape)}`` (float64, constrained space), else ``None``.
     """
 
     log_Z: float | None
@@ -46,6 +48,7 @@ class Reference:
     sd: dict[str, Tensor]
     kind: str
     details: dict[str, Any] = field(default_factory=dict)
+    draws: dict[str, Tensor] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
