@@ -1,7 +1,13 @@
 """Inference with flows: guides for SVI, fitting, importance diagnostics, density estimation."""
 
 from .density import DensityFitResult, fit_density
-from .diagnostics import ImportanceDiagnostics, importance_diagnostics, pareto_khat
+from .diagnostics import (
+    ImportanceDiagnostics,
+    ImportanceDraws,
+    importance_diagnostics,
+    importance_draws,
+    pareto_khat,
+)
 from .fit import FitError, FitResult, fit_svi
 from .flow_matching import fit_flow_matching, ot_coupling, reflow, reflow_pairs
 from .guides import AutoCNF, AutoFlow
@@ -14,11 +20,13 @@ __all__ = [
     "FitError",
     "FitResult",
     "ImportanceDiagnostics",
+    "ImportanceDraws",
     "InclusiveKL",
     "fit_density",
     "fit_flow_matching",
     "fit_svi",
     "importance_diagnostics",
+    "importance_draws",
     "ot_coupling",
     "pareto_khat",
     "reflow",

@@ -31,7 +31,10 @@ written :math:`\beta_1 = (1 - \alpha_1)\, u` with :math:`u \in (0, 1)` (the site
 ``ImproperUniform`` sites whose ``sample()`` returns a feasible point (0, 1 or 1/2 for a real,
 positive or unit-interval site), which is where Pyro's guides start them.
 The Gaussian-process model adds only :math:`10^{-10}` to its kernel's diagonal, as the original
-does: run it in float64.
+does: run it in float64. The Lotka-Volterra model solves its ODE with torchdiffeq (``dopri5``,
+``ode_rtol``) for the log populations, which keeps them positive; where the solver fails (its
+step size underflows as the solution blows up) the model's density is zero (a ``-inf`` factor),
+as Stan rejects such a point.
 
 The posteriors are read from a folder with posteriordb's layout (one folder per posterior holding
 ``data.json`` and ``reference_draws.json``, unzipped): the ``root`` argument, else the
@@ -321,15 +324,22 @@ def _lotka_volterra(data: _Data, rtol: float) -> None:
     sigma = pyro.sample("sigma", dist.LogNormal(-1.0, 1.0).expand([2]).to_event(1))
     alpha, beta, gamma, delta = theta.unbind(-1)
 
-    def field(_: Tensor, z: Tensor) -> Tensor:
-        u, v = z.unbind(-1)
-        return torch.stack([(alpha - beta * v) * u, (-gamma + delta * u) * v], -1)
+    # The populations are solved in log space, d log u / dt = alpha - beta v and
+    # d log v / dt = -gamma + delta u: the same solution, and it stays positive at any tolerance.
+    def field(_: Tensor, log_z: Tensor) -> Tensor:
+        u, v = log_z.exp().unbind(-1)
+        return torch.stack([alpha - beta * v, -gamma + delta * u], -1)
 
     grid = torch.cat([times.new_zeros(1), times])
-    z = odeint(field, z_init, grid, rtol=rtol, atol=rtol, method="dopri5")[1:]
-    z = z.movedim(0, -2)  # (..., N, 2)
+    try:
+        log_z = odeint(field, z_init.log(), grid, rtol=rtol, atol=rtol, method="dopri5")[1:]
+        log_z = log_z.movedim(0, -2)  # (..., N, 2)
+    except AssertionError:  # torchdiffeq's step size underflowed: the solution blows up here
+        # as Stan rejects such a point: zero density (a sampler treats it as a divergence)
+        pyro.factor("ode_failed", z_init.new_full(z_init.shape[:-1], -math.inf))
+        log_z = z_init.new_zeros(z_init.shape[:-1] + (times.shape[-1], 2))
     pyro.sample("y_init", dist.LogNormal(z_init.log(), sigma).to_event(1), obs=y_init)
-    pyro.sample("y", dist.LogNormal(z.log(), sigma.unsqueeze(-2)).to_event(2), obs=y)
+    pyro.sample("y", dist.LogNormal(log_z, sigma.unsqueeze(-2)).to_event(2), obs=y)
 
 
 _LATENTS: dict[str, tuple[str, ...]] = {
