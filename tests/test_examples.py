@@ -254,3 +254,54 @@ def test_density_anomaly_smoke(tmp_path):
     assert 0.0 <= float(rows["ROC AUC"][1]) <= 1.0
     assert float(rows["loc[0]"][1]) == 1.0  # the true shift
     assert _is_png(out / "density_anomaly.png")
+
+
+def test_posteriordb_example_smoke(tmp_path):
+    """``examples/posteriordb.py`` is a standalone script: run it in a subprocess."""
+    script = str(ROOT / "examples" / "posteriordb.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    missing = tmp_path / "no_such_posteriordb"
+    done = subprocess.run(
+        [sys.executable, script, "--smoke", "--posteriordb", str(missing)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert str(missing) in done.stderr and "Traceback" not in done.stderr
+
+    folder = os.environ.get("PYRO_CNF_POSTERIORDB")
+    if not (folder and Path(folder).is_dir()):
+        if os.environ.get("CI"):
+            pytest.fail(f"PYRO_CNF_POSTERIORDB ({folder!r}) does not name a folder on CI")
+        pytest.skip("no posteriordb folder: set PYRO_CNF_POSTERIORDB")
+    from pyro_cnf.models import load_posteriordb
+
+    name = "eight_schools-eight_schools_noncentered"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, script, "--posterior", name, "--smoke", "--no-progress"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    reference = load_posteriordb(name).reference
+    expected = {}  # quantity -> (reference mean, reference sd)
+    for site, draws in reference.draws.items():
+        mean, sd = reference.mean[site].reshape(-1), reference.sd[site].reshape(-1)
+        for i in range(mean.numel()):
+            key = f"{site}[{i + 1}]" if draws.dim() > 2 else site
+            expected[key] = (float(mean[i]), float(sd[i]))
+    assert {"mu", "tau", "theta[1]", "theta[8]"} <= set(expected)
+    rows = _table((out / "report.txt").read_text(), set(expected))
+    assert set(rows) == set(expected)
+    for key, cells in rows.items():
+        numbers = [float(cell) for cell in cells[1:]]
+        assert len(numbers) == 6 and all(math.isfinite(x) for x in numbers), cells
+        assert numbers[:2] == pytest.approx(expected[key], rel=1e-3)  # printed to 4 digits
+        assert numbers[3] > 0  # the guide's sd
+        assert numbers[4] == pytest.approx(abs(numbers[2] - numbers[0]) / numbers[1], abs=2e-3)
+    assert _is_png(out / "posteriordb.png")
