@@ -6,7 +6,8 @@ Run by hand (not a test)::
     python benchmarks/bench_posteriordb.py --steps 50 --nuts-samples 50 --posteriors arK-arK  # smoke
 
 Protocol, the same for every guide (Pyro's ``AutoNormal``, ``AutoMultivariateNormal``,
-``AutoIAFNormal``; ``AutoFlow(model, "realnvp")``; ``AutoCNF(model)``), each with its defaults
+``AutoIAFNormal``; ``AutoFlow(model, "realnvp")``; ``AutoCNF(model)``, also with
+``warm_start="laplace"``), each with its defaults
 except ``init_loc_fn=init_to_median`` for ``AutoNormal`` (the others' default): a plain Pyro
 ``SVI`` loop of ``--steps`` steps, ``Trace_ELBO(num_particles=--particles,
 vectorize_particles=True)``, ``ClippedAdam`` at ``--lr`` decaying 10x over the run, seed
@@ -66,6 +67,7 @@ GUIDES = {
     "iaf": ("AutoIAFNormal", AutoIAFNormal),
     "realnvp": ('AutoFlow("realnvp")', lambda m: AutoFlow(m, "realnvp")),
     "cnf": ("AutoCNF", AutoCNF),
+    "cnf-laplace": ('AutoCNF(warm_start="laplace")', lambda m: AutoCNF(m, warm_start="laplace")),
 }
 
 
@@ -221,6 +223,11 @@ def run_posterior(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"posterior": name, "dim": m.latent_dim, "rows": rows}
 
 
+def number(x: float, digits: int = 3) -> str:
+    """A table cell: fixed point, or two significant digits for far-off values."""
+    return f"{x:.2g}" if math.isfinite(x) and abs(x) >= 1000 else f"{x:.{digits}f}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     labels = {key: label for key, (label, _) in GUIDES.items()}
     labels.update({"nuts": "NUTS", "noise floor": "noise floor (reference halves)"})
@@ -236,7 +243,8 @@ def table(results: list[dict[str, Any]]) -> str:
         for row in result["rows"]:
             label = labels[row["guide"]]
             if "error" in row:
-                lines.append(f"| {label} | {row['error']} | | | | | |")
+                error = row["error"] if len(row["error"]) < 100 else row["error"][:99] + "…"
+                lines.append(f"| {label} | {error} | | | | | |")
                 continue
             floor = result["rows"][0]["sw1"]
             worse = (
@@ -245,9 +253,9 @@ def table(results: list[dict[str, Any]]) -> str:
                 else ""
             )
             cells = [
-                f"{row['mean_err']:.3f}" if "mean_err" in row else "",
-                f"{row['sd_ratio']:.3f}" if "sd_ratio" in row else "",
-                f"{row['sw1']:.3f}{worse}",
+                number(row["mean_err"]) if "mean_err" in row else "",
+                number(row["sd_ratio"]) if "sd_ratio" in row else "",
+                number(row["sw1"]) + worse,
                 f"{row['khat']:.2f}" if "khat" in row else "",
                 f"{row['fit_time']:.0f}" if "fit_time" in row else "",
                 f"{row['fit_time'] / nuts['fit_time']:.2f}"
@@ -280,8 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="write the raw numbers to this file")
+    parser.add_argument("--from-json", default=None, help="print the tables of a saved run")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as file:
+            saved = json.load(file)
+        print(table(saved["results"]))
+        return 0
     args.posteriors = args.posteriors.split(",")
     args.guides = args.guides.split(",")
     unknown = [p for p in args.posteriors if p not in POSTERIORS] + [
