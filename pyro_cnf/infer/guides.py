@@ -61,10 +61,28 @@ largest importance weights came from. Pyro's ``LocScaleReparam`` does the same t
 instead (it renames the sites); Gorinova, Moore & Hoffman, ICML 2020,
 `arXiv:1906.03028 <https://arxiv.org/abs/1906.03028>`_, learn a partial version. A site whose
 data dominate its prior is better left centered: name the sites to map.
+
+**Warm start.** ``warm_start="laplace"`` starts the guide at the Laplace approximation
+instead: use it when the posterior is far from the prior median or at a very different scale
+(wide or flat priors, unscaled predictors) or strongly correlated, where SVI from the default
+start spends its steps walking there or never arrives. When the guide sets itself up it finds
+the mode :math:`\hat u` of the log density in the affine map's output coordinates by L-BFGS
+and the Hessian :math:`H` of :math:`-\log p` there, and starts at
+
+.. math:: \theta = \hat u + L\, f(\epsilon), \qquad L L^\top = H^{-1},
+
+with :math:`L` a learned full lower-triangular scale (diagonal times unit lower triangular), so
+a fresh :class:`AutoCNF` *is* :math:`\mathcal N(\hat u, H^{-1})` and the flow learns the
+non-Gaussian part. The log density is the model's in unconstrained coordinates, with the
+log-Jacobian of the constraints (and of the non-centering layer, which stays after the affine
+map). Where there is no Laplace approximation (a funnel such as centered eight schools, whose
+density grows without bound as :math:`\tau \to 0`; a Hessian that is not positive definite;
+non-finite values) the guide warns and keeps the default start.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -73,11 +91,13 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
-from pyro.distributions.transforms import AffineTransform
+from pyro.distributions.transforms import AffineTransform, LowerCholeskyAffine
 from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.initialization import init_to_median
+from pyro.infer.autoguide.initialization import init_to_median, init_to_value
+from pyro.infer.mcmc.util import initialize_model
 from pyro.nn import PyroParam
 from pyro.poutine.util import site_is_subsample
+from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 
@@ -85,6 +105,7 @@ from ..distributions import FlowDistribution
 from ..transforms.linear import LogLinearAutoregressive
 from ..transforms.registry import flow_spec, make_flow
 from ..transforms.tails import ExponentialTails
+from ._laplace import laplace_approximation
 from ._noncentering import LocScaleNoncentering, loc_scale_sites
 
 __all__ = ["AutoCNF", "AutoFlow"]
@@ -111,6 +132,12 @@ class AutoFlow(AutoContinuous):
         tail_layer: Put an :class:`~pyro_cnf.transforms.ExponentialTails` layer between the
             flow and the funnel layer (or affine map), so that the fit can give each
             coordinate exponential tails (see the module docs).
+        warm_start: ``None`` (default): :math:`\mu` at the init location, :math:`\sigma` at
+            ``init_scale``. ``"laplace"``: start at the Laplace approximation
+            :math:`\mathcal N(\hat u, H^{-1})` of the posterior, with a learned full
+            lower-triangular scale (see the module docs); for posteriors far from the prior
+            median, unscaled predictors or strong correlations. Without a finite mode (e.g. a
+            funnel) it warns and keeps the default start.
         **flow_kwargs: Options of the registry flow (``num_layers``, ``hidden_dims``, ...).
 
     Raises:
@@ -128,6 +155,8 @@ class AutoFlow(AutoContinuous):
     """
 
     scale_constraint = constraints.softplus_positive
+    scale_tril_constraint = constraints.unit_lower_cholesky
+    _warm_starts = ("laplace",)
 
     def __init__(
         self,
@@ -140,6 +169,7 @@ class AutoFlow(AutoContinuous):
         funnel_layer: bool = False,
         noncentered: bool | Sequence[str] = False,
         tail_layer: bool = False,
+        warm_start: str | None = None,
         **flow_kwargs: Any,
     ) -> None:
         if isinstance(flow, str):
@@ -162,6 +192,11 @@ class AutoFlow(AutoContinuous):
             raise TypeError(
                 f"noncentered must be True, False or a sequence of site names, got {noncentered!r}"
             )
+        if warm_start is not None and warm_start not in self._warm_starts:
+            raise ValueError(
+                f"warm_start must be None or one of {list(self._warm_starts)}, got {warm_start!r}"
+            )
+        self._warm_start = warm_start
         self._funnel_layer = funnel_layer
         self._tail_layer = tail_layer
         self._noncentered = noncentered if isinstance(noncentered, bool) else tuple(noncentered)
@@ -196,6 +231,107 @@ class AutoFlow(AutoContinuous):
             self.funnel = LogLinearAutoregressive(self.latent_dim).to(dtype=self.loc.dtype)
         if self._tail_layer:
             self.tails = ExponentialTails(self.latent_dim).to(dtype=self.loc.dtype)
+        if self._warm_start == "laplace":
+            self._laplace_start(args, kwargs)
+
+    def _laplace_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Set ``loc``, ``scale`` and ``scale_tril`` to the Laplace approximation, or warn.
+
+        Leaves the random state as it found it (Pyro's ``initialize_model`` runs the model under
+        its init strategy, which may draw), so that a fallback is the default start exactly.
+        """
+        rng_state = get_rng_state()
+        try:
+            self._set_laplace_start(args, kwargs)
+        finally:
+            set_rng_state(rng_state)
+
+    def _set_laplace_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        eye = torch.eye(self.latent_dim, dtype=self.loc.dtype, device=self.loc.device)
+        self.scale_tril = PyroParam(eye, self.scale_tril_constraint)
+        # Every site, observed ones too (the prototype trace holds the latent ones only), with
+        # the latents at their init values.
+        values = {
+            name: site["value"].detach()
+            for name, site in self.prototype_trace.iter_stochastic_nodes()
+        }
+        model = poutine.condition(self.model, data=values)
+        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        frames = [
+            frame
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        ]
+        subsampled = sorted(
+            {f.name for f in frames if f.full_size is not None and f.full_size != f.size}
+        )
+        if subsampled:
+            reason = (
+                f"the model subsamples the plates {subsampled}, so its log density is a "
+                "minibatch estimate"
+            )
+        else:
+            nesting = max((-frame.dim for frame in frames), default=0)
+            # Hidden from the caller's handlers (SVI's trace, a particle plate), with gradients
+            # even under torch.no_grad (median and quantiles may set the guide up there).
+            with poutine.block(), torch.enable_grad():
+                potential = self._log_density_potential(args, kwargs, values, nesting)
+                result = laplace_approximation(potential, self.loc)
+            reason = result.reason
+        if reason is not None:
+            warnings.warn(
+                f"{type(self).__name__}(warm_start='laplace'): no Laplace approximation, so the "
+                f"default start (init location, scale {self._init_scale:g}): {reason}",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        assert result.mode is not None and result.scale_tril is not None
+        diagonal = result.scale_tril.diagonal()
+        self.loc = nn.Parameter(result.mode.detach().clone())
+        self.scale = PyroParam(diagonal.detach().clone(), self.scale_constraint)
+        self.scale_tril = PyroParam(
+            (result.scale_tril / diagonal[:, None]).detach(), self.scale_tril_constraint
+        )
+
+    def _log_density_potential(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        values: dict[str, Tensor],
+        max_plate_nesting: int,
+    ) -> Callable[[Tensor], Tensor]:
+        r"""``u -> -log p(u)`` over the affine map's output coordinates.
+
+        That is the unconstrained latent vector, or its standardized form when sites are
+        non-centered (then :math:`\log p(T(u)) + \log|\det T'(u)|`). ``values``: the latent
+        sites' init values, for the prototype run of Pyro's ``initialize_model``.
+        """
+        initial = {
+            site["name"]: value.detach() for site, value in self._unpack_latent(self._init_loc())
+        }
+        _, potential_fn, _, _ = initialize_model(
+            self.model,
+            args,
+            kwargs,
+            max_plate_nesting=max_plate_nesting,
+            init_strategy=init_to_value(values=values),
+            initial_params=initial,
+        )
+        noncentering = self._noncentering(args, kwargs) if self._noncentered_sites else None
+
+        def potential(u: Tensor) -> Tensor:
+            latent, log_det = u, 0.0
+            if noncentering is not None:  # a fresh tensor: the transform caches by identity
+                u = u.clone()
+                latent = noncentering(u)
+                log_det = noncentering.log_abs_det_jacobian(u, latent)
+            params = {site["name"]: value for site, value in self._unpack_latent(latent)}
+            return potential_fn(params) - log_det
+
+        return potential
 
     def _select_noncentered_sites(self) -> tuple[str, ...]:
         if self._noncentered is False:
@@ -266,7 +402,11 @@ class AutoFlow(AutoContinuous):
             layers.append(self.tails)
         if self._funnel_layer:
             layers.append(self.funnel)
-        layers.append(AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1))
+        if self._warm_start is None:
+            layers.append(AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1))
+        else:  # scale_tril has a unit diagonal: log|det| = sum(log scale), as for the diagonal
+            scale_tril = self.scale[:, None] * self.scale_tril
+            layers.append(LowerCholeskyAffine(self.loc, scale_tril, cache_size=1))
         if self._noncentered_sites:
             layers.append(self._noncentering(args, kwargs))
         return layers
@@ -372,6 +512,10 @@ class AutoCNF(AutoFlow):
             or site names; see :class:`AutoFlow`).
         tail_layer: Add an :class:`~pyro_cnf.transforms.ExponentialTails` layer after the
             CNF (see :class:`AutoFlow`).
+        warm_start: ``None``, or ``"laplace"`` to start at the Laplace approximation with a
+            full scale (see :class:`AutoFlow`): for posteriors far from the prior median or
+            strongly correlated, e.g. regressions on unscaled predictors; a funnel without a
+            mode falls back to the default start with a warning.
         **cnf_kwargs: Options of :func:`~pyro_cnf.cnf`: ``hidden_dims`` (default ``(64, 64)``:
             with two hidden layers the fused exact trace costs one extra :math:`O(BH^2)` product
             whatever the latent dimension; three cost two :math:`O(BdH^2)`), ``activation``, ``T``,
@@ -424,6 +568,7 @@ class AutoCNF(AutoFlow):
         funnel_layer: bool = False,
         noncentered: bool | Sequence[str] = False,
         tail_layer: bool = False,
+        warm_start: str | None = None,
         **cnf_kwargs: Any,
     ) -> None:
         cnf_kwargs.setdefault("hidden_dims", (64, 64))
@@ -437,5 +582,6 @@ class AutoCNF(AutoFlow):
             funnel_layer,
             noncentered,
             tail_layer,
+            warm_start,
             **cnf_kwargs,
         )
