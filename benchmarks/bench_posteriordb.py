@@ -252,10 +252,12 @@ def table(results: list[dict[str, Any]], nuts_budget: float) -> str:
                 if row["guide"] == "cnf" and "sw1" in mvn and row["sw1"] > mvn["sw1"] + floor
                 else ""
             )
-            if math.isfinite(nuts.get("fit_time", math.inf)):
-                ratio = f"{row['fit_time'] / nuts['fit_time']:.2f}" if "fit_time" in row else ""
-            else:  # NUTS ran past its budget: the ratio is below fit / budget
-                ratio = f"< {row['fit_time'] / nuts_budget:.2f}" if "fit_time" in row else ""
+            ratio = ""
+            if "fit_time" in row and "fit_time" in nuts:
+                if math.isfinite(nuts["fit_time"]):
+                    ratio = f"{row['fit_time'] / nuts['fit_time']:.2f}"
+                else:  # NUTS ran past its budget: the ratio is below fit / budget
+                    ratio = f"< {row['fit_time'] / nuts_budget:.2f}"
             cells = [
                 number(row["mean_err"]) if "mean_err" in row else "",
                 number(row["sd_ratio"]) if "sd_ratio" in row else "",
