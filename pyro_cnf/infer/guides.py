@@ -71,13 +71,17 @@ and the Hessian :math:`H` of :math:`-\log p` there, and starts at
 
 .. math:: \theta = \hat u + L\, f(\epsilon), \qquad L L^\top = H^{-1},
 
-with :math:`L` a learned full lower-triangular scale (diagonal times unit lower triangular), so
-a fresh :class:`AutoCNF` *is* :math:`\mathcal N(\hat u, H^{-1})` and the flow learns the
-non-Gaussian part. The log density is the model's in unconstrained coordinates, with the
-log-Jacobian of the constraints (and of the non-centering layer, which stays after the affine
-map). Where there is no Laplace approximation (a funnel such as centered eight schools, whose
-density grows without bound as :math:`\tau \to 0`; a Hessian that is not positive definite;
-non-finite values) the guide warns and keeps the default start.
+with :math:`L` a full lower-triangular scale, so a fresh :class:`AutoCNF` *is*
+:math:`\mathcal N(\hat u, H^{-1})` and the flow learns the non-Gaussian part. The affine map
+is learned relative to the Laplace factor :math:`L_0` (:math:`L_0 L_0^\top = H^{-1}`):
+:math:`\hat u + L_0 \delta` and :math:`L_0 \operatorname{diag}(s) U` with :math:`\delta = 0`,
+:math:`s = 1` and a unit lower-triangular :math:`U = I` at the start, so that the optimizer's
+steps are in posterior standard deviations whatever the units of each coordinate. The log
+density is the model's in unconstrained coordinates, with the log-Jacobian of the constraints
+(and of the non-centering layer, which stays after the affine map). Where there is no Laplace
+approximation (a funnel such as centered eight schools, whose density grows without bound as
+:math:`\tau \to 0`; a Hessian that is not positive definite; non-finite values) the guide warns
+and keeps the default start.
 """
 
 from __future__ import annotations
@@ -249,6 +253,8 @@ class AutoFlow(AutoContinuous):
     def _set_laplace_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         eye = torch.eye(self.latent_dim, dtype=self.loc.dtype, device=self.loc.device)
         self.scale_tril = PyroParam(eye, self.scale_tril_constraint)
+        self.register_buffer("laplace_mode", None)
+        self.register_buffer("laplace_tril", None)
         # Every site, observed ones too (the prototype trace holds the latent ones only), with
         # the latents at their init values.
         values = {
@@ -289,12 +295,12 @@ class AutoFlow(AutoContinuous):
             )
             return
         assert result.mode is not None and result.scale_tril is not None
-        diagonal = result.scale_tril.diagonal()
-        self.loc = nn.Parameter(result.mode.detach().clone())
-        self.scale = PyroParam(diagonal.detach().clone(), self.scale_constraint)
-        self.scale_tril = PyroParam(
-            (result.scale_tril / diagonal[:, None]).detach(), self.scale_tril_constraint
-        )
+        # The affine map is learned relative to the Laplace factor (a preconditioning: Adam's
+        # steps are then in posterior sds, whatever the units of each coordinate).
+        self.laplace_mode = result.mode.detach().clone()
+        self.laplace_tril = result.scale_tril.detach().clone()
+        self.loc = nn.Parameter(torch.zeros_like(self.laplace_mode))
+        self.scale = PyroParam(torch.ones_like(self.laplace_mode), self.scale_constraint)
 
     def _log_density_potential(
         self,
@@ -404,12 +410,22 @@ class AutoFlow(AutoContinuous):
             layers.append(self.funnel)
         if self._warm_start is None:
             layers.append(AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1))
-        else:  # scale_tril has a unit diagonal: log|det| = sum(log scale), as for the diagonal
-            scale_tril = self.scale[:, None] * self.scale_tril
-            layers.append(LowerCholeskyAffine(self.loc, scale_tril, cache_size=1))
+        else:
+            layers.append(LowerCholeskyAffine(*self._affine_loc_tril(), cache_size=1))
         if self._noncentered_sites:
             layers.append(self._noncentering(args, kwargs))
         return layers
+
+    def _affine_loc_tril(self) -> tuple[Tensor, Tensor]:
+        """The full affine map's location and lower-triangular scale (``warm_start`` only).
+
+        ``scale_tril`` has a unit diagonal, so log|det| = sum(log scale) (+ that of the fixed
+        Laplace factor ``laplace_tril`` when the warm start found one).
+        """
+        tril = self.scale[:, None] * self.scale_tril
+        if getattr(self, "laplace_tril", None) is None:
+            return self.loc, tril
+        return self.laplace_mode + self.laplace_tril @ self.loc, self.laplace_tril @ tril
 
     @contextmanager
     def without_flow(self) -> Iterator[None]:
