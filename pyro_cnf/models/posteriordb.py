@@ -49,16 +49,16 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import Tensor
-from torch.distributions import biject_to
 
 from ._base import BayesianModel, Reference, shared
+from ._priors import PositiveNormal, flat
 
 __all__ = ["ENV_VAR", "POSTERIORS", "load_posteriordb", "posteriordb_root"]
 
@@ -75,59 +75,7 @@ POSTERIORS = (
     "diamonds-diamonds",
     "hudson_lynx_hare-lotka_volterra",
 )
-"""The posteriordb names :func:`load_posteriordb` knows, smallest latent dimension first within kind."""
-
-
-class _PositiveNormal(dist.TorchDistribution):
-    r"""A normal distribution restricted to :math:`(0, \infty)`: the prior of a positive rate.
-
-    .. math:: p(x) = \frac{\mathcal N(x; m, s)}{\Phi(m / s)}, \qquad x > 0 .
-
-    Pyro has no truncated normal; this one samples by inverting the CDF. Used by the
-    Lotka-Volterra model's rates.
-
-    Arguments:
-        loc: :math:`m`.
-        scale: :math:`s > 0`.
-
-    Example:
-        >>> d = _PositiveNormal(torch.tensor(0.05), torch.tensor(0.05))
-        >>> bool((d.sample((1000,)) > 0).all())
-        True
-        >>> # at the mode: -log(s sqrt(2 pi)) - log Phi(1) = 2.0768 + 0.1727
-        >>> round(float(d.log_prob(torch.tensor(0.05))), 4)
-        2.2495
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.positive
-
-    def __init__(self, loc: Tensor, scale: Tensor, validate_args: bool | None = None) -> None:
-        self.loc, self.scale = torch.broadcast_tensors(torch.as_tensor(loc), torch.as_tensor(scale))
-        super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> _PositiveNormal:
-        """The same distribution with a larger batch shape."""
-        shape = torch.Size(batch_shape)
-        return _PositiveNormal(self.loc.expand(shape), self.scale.expand(shape))
-
-    def _mass(self) -> Tensor:
-        return torch.special.ndtr(self.loc / self.scale)
-
-    def sample(self, sample_shape: Any = ()) -> Tensor:
-        """Draws by the inverse CDF of the truncated normal."""
-        shape = self._extended_shape(sample_shape)
-        with torch.no_grad():
-            lower = 1.0 - self._mass()  # Phi(-m / s): the mass left of 0
-            u = lower + (1.0 - lower) * torch.rand(shape, dtype=self.loc.dtype)
-            x = self.loc + self.scale * torch.special.ndtri(u)
-            return x.clamp_min(torch.finfo(x.dtype).tiny)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        r""":math:`\log \mathcal N(x; m, s) - \log \Phi(m / s)`."""
-        if self._validate_args:
-            self._validate_sample(value)
-        return dist.Normal(self.loc, self.scale).log_prob(value) - self._mass().log()
+"""The posteriordb names :func:`load_posteriordb` knows (the folder names)."""
 
 
 def posteriordb_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -162,10 +110,14 @@ def posteriordb_root(root: str | os.PathLike[str] | None = None) -> Path:
 
 
 class _Data:
-    """A posterior's data, converted to tensors of the current default dtype on first use."""
+    """A posterior's data, converted to tensors of the current default dtype on first use.
 
-    def __init__(self, raw: dict[str, Any]) -> None:
+    ``ode_rtol``: the tolerance of an ODE solve inside the model (Lotka-Volterra's).
+    """
+
+    def __init__(self, raw: dict[str, Any], ode_rtol: float) -> None:
         self.raw = raw
+        self.ode_rtol = ode_rtol
         self._cache: dict[tuple[str, torch.dtype], Tensor] = {}
 
     def __call__(self, name: str) -> Tensor:
@@ -173,32 +125,6 @@ class _Data:
         if key not in self._cache:
             self._cache[key] = torch.tensor(self.raw[name], dtype=key[1])
         return self._cache[key]
-
-
-class _Flat(dist.ImproperUniform):
-    """An improper flat prior whose "sample" is the feasible point ``biject_to(support)(0)``.
-
-    Pyro's ``ImproperUniform`` cannot be sampled, so no autoguide could start on it (every init
-    strategy draws from the prior first); this one returns the point ``init_to_feasible`` picks.
-    """
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> _Flat:
-        """The same prior with a larger batch shape."""
-        return super().expand(batch_shape, self._get_checked_instance(_Flat, _instance))
-
-    def sample(self, sample_shape: Any = ()) -> Tensor:
-        """The feasible point, repeated to ``sample_shape + batch_shape + event_shape``."""
-        zero = torch.zeros(self._extended_shape(sample_shape))
-        return biject_to(self.support)(zero)
-
-
-def _flat(
-    support: constraints.Constraint,
-    batch_shape: tuple[int, ...] = (),
-    event_shape: tuple[int, ...] = (),
-) -> dist.Distribution:
-    """An improper flat prior on ``support``."""
-    return _Flat(support, torch.Size(batch_shape), torch.Size(event_shape))
 
 
 def _matvec(matrix: Tensor, vector: Tensor) -> Tensor:
@@ -237,10 +163,10 @@ def _ark(data: _Data) -> None:
 def _garch(data: _Data) -> None:
     y, sigma1 = data("y"), float(data.raw["sigma1"])
     length = y.shape[-1]
-    mu = pyro.sample("mu", _flat(constraints.real))
-    alpha0 = pyro.sample("alpha0", _flat(constraints.positive))
-    alpha1 = pyro.sample("alpha1", _flat(constraints.unit_interval))
-    fraction = pyro.sample("beta1_fraction", _flat(constraints.unit_interval))
+    mu = pyro.sample("mu", flat(constraints.real))
+    alpha0 = pyro.sample("alpha0", flat(constraints.positive))
+    alpha1 = pyro.sample("alpha1", flat(constraints.unit_interval))
+    fraction = pyro.sample("beta1_fraction", flat(constraints.unit_interval))
     beta1 = pyro.deterministic("beta1", (1.0 - alpha1) * fraction)
     # flat on the triangle 0 < beta1 < 1 - alpha1: density |d beta1 / d fraction| in (alpha1, fraction)
     pyro.factor("beta1_jacobian", torch.log1p(-alpha1))
@@ -255,10 +181,9 @@ def _garch(data: _Data) -> None:
         -1,
     )
     steps = torch.arange(length, dtype=y.dtype)
-    gap = steps.unsqueeze(-1) - steps  # t - j
-    below = gap > 0
+    gap = steps.unsqueeze(-1) - steps  # t - j; beta1^0 = 1 on the diagonal, 0 above it
     powers = torch.where(
-        below, (gap.clamp_min(1) * beta1.log().unsqueeze(-1)).exp(), (gap == 0).to(y.dtype)
+        gap > 0, (gap.clamp_min(1) * beta1.log().unsqueeze(-1)).exp(), (gap == 0).to(y.dtype)
     )
     scale = _matvec(powers, c).sqrt()
     with pyro.plate("time", length):
@@ -281,7 +206,7 @@ def _gp_pois_regr(data: _Data) -> None:
 
 def _low_dim_gauss_mix(data: _Data) -> None:
     y = data("y")
-    mu = pyro.sample("mu", _flat(constraints.ordered_vector, (), (2,)))
+    mu = pyro.sample("mu", flat(constraints.ordered_vector, (), (2,)))
     # N(0, 2) on each mu[i], restricted to the ordered set (the restriction's mass is a constant)
     pyro.factor("mu_prior", dist.Normal(0.0, 2.0).log_prob(mu).sum(-1))
     sigma = pyro.sample("sigma", dist.HalfNormal(2.0).expand([2]).to_event(1))
@@ -296,7 +221,7 @@ def _kidiq(data: _Data) -> None:
     score, hs, iq = data("kid_score"), data("mom_hs"), data("mom_iq")
     design = torch.stack([torch.ones_like(hs), hs, iq, hs * iq], -1)
     with pyro.plate("coefficients", 4):
-        beta = pyro.sample("beta", _flat(constraints.real, (4,)))
+        beta = pyro.sample("beta", flat(constraints.real, (4,)))
     sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
     with pyro.plate("data", score.shape[-1]):
         pyro.sample("kid_score", dist.Normal(_matvec(design, beta), sigma), obs=score)
@@ -313,13 +238,13 @@ def _diamonds(data: _Data) -> None:
         pyro.sample("Y", dist.Normal(intercept + _matvec(centred, b), sigma), obs=y)
 
 
-def _lotka_volterra(data: _Data, rtol: float) -> None:
+def _lotka_volterra(data: _Data) -> None:
     from torchdiffeq import odeint
 
     times, y_init, y = data("ts"), data("y_init"), data("y")
     loc = torch.tensor([1.0, 0.05, 1.0, 0.05], dtype=times.dtype)
     scale = torch.tensor([0.5, 0.05, 0.5, 0.05], dtype=times.dtype)
-    theta = pyro.sample("theta", _PositiveNormal(loc, scale).to_event(1))
+    theta = pyro.sample("theta", PositiveNormal(loc, scale).to_event(1))
     z_init = pyro.sample("z_init", dist.LogNormal(math.log(10.0), 1.0).expand([2]).to_event(1))
     sigma = pyro.sample("sigma", dist.LogNormal(-1.0, 1.0).expand([2]).to_event(1))
     alpha, beta, gamma, delta = theta.unbind(-1)
@@ -332,7 +257,9 @@ def _lotka_volterra(data: _Data, rtol: float) -> None:
 
     grid = torch.cat([times.new_zeros(1), times])
     try:
-        log_z = odeint(field, z_init.log(), grid, rtol=rtol, atol=rtol, method="dopri5")[1:]
+        log_z = odeint(
+            field, z_init.log(), grid, rtol=data.ode_rtol, atol=data.ode_rtol, method="dopri5"
+        )[1:]
         log_z = log_z.movedim(0, -2)  # (..., N, 2)
     except AssertionError:  # torchdiffeq's step size underflowed: the solution blows up here
         # as Stan rejects such a point: zero density (a sampler treats it as a divergence)
@@ -342,34 +269,62 @@ def _lotka_volterra(data: _Data, rtol: float) -> None:
     pyro.sample("y", dist.LogNormal(log_z, sigma.unsqueeze(-2)).to_event(2), obs=y)
 
 
-_LATENTS: dict[str, tuple[str, ...]] = {
-    "eight_schools-eight_schools_noncentered": ("mu", "tau", "theta_trans"),
-    "arK-arK": ("alpha", "beta", "sigma"),
-    "garch-garch11": ("mu", "alpha0", "alpha1", "beta1_fraction"),
-    "gp_pois_regr-gp_pois_regr": ("rho", "alpha", "f_tilde"),
-    "low_dim_gauss_mix-low_dim_gauss_mix": ("mu", "sigma", "theta"),
-    "kidiq-kidscore_interaction": ("beta", "sigma"),
-    "diamonds-diamonds": ("b", "Intercept", "sigma"),
-    "hudson_lynx_hare-lotka_volterra": ("theta", "z_init", "sigma"),
-}
+class _Posterior(NamedTuple):
+    body: Callable[[_Data], None]  # the model, given its data
+    latents: tuple[str, ...]
+    description: str
 
-_DESCRIPTIONS: dict[str, str] = {
-    "eight_schools-eight_schools_noncentered": "Eight schools, non-centered: mu ~ N(0, 5), "
-    "tau ~ HalfCauchy(5), theta_trans ~ N(0, 1), theta = mu + tau theta_trans, y ~ N(theta, sigma).",
-    "arK-arK": "AR(5) on 200 points: alpha, beta[1..5] ~ N(0, 10), sigma ~ HalfCauchy(2.5).",
-    "garch-garch11": "GARCH(1, 1) on 200 points, flat priors on mu, alpha0 > 0 and the triangle "
-    "0 < alpha1, 0 < beta1 < 1 - alpha1 (beta1 = (1 - alpha1) beta1_fraction).",
-    "gp_pois_regr-gp_pois_regr": "Latent Gaussian process with Poisson counts (11 points): "
-    "rho ~ Gamma(25, 4), alpha ~ HalfNormal(2), f = chol(K) f_tilde, k ~ Poisson(exp(f)).",
-    "low_dim_gauss_mix-low_dim_gauss_mix": "Two-component normal mixture of 1000 points, ordered "
-    "means mu ~ N(0, 2), sigma ~ HalfNormal(2), theta ~ Beta(5, 5).",
-    "kidiq-kidscore_interaction": "Linear regression with an interaction, unscaled predictors "
-    "(434 children), flat beta, sigma ~ HalfCauchy(2.5).",
-    "diamonds-diamonds": "Linear regression with 24 strongly correlated polynomial terms "
-    "(5000 diamonds): b ~ N(0, 1), Intercept ~ t3(8, 10), sigma ~ half-t3(0, 10).",
-    "hudson_lynx_hare-lotka_volterra": "Lotka-Volterra ODE on the lynx-hare pelts (20 years): "
-    "rates ~ N+(1, 0.5) / N+(0.05, 0.05), z_init ~ LogNormal(log 10, 1), sigma ~ LogNormal(-1, 1).",
+
+_POSTERIORS: dict[str, _Posterior] = {
+    "eight_schools-eight_schools_noncentered": _Posterior(
+        _eight_schools,
+        ("mu", "tau", "theta_trans"),
+        "Eight schools, non-centered: mu ~ N(0, 5), tau ~ HalfCauchy(5), theta_trans ~ N(0, 1), "
+        "theta = mu + tau theta_trans, y ~ N(theta, sigma).",
+    ),
+    "arK-arK": _Posterior(
+        _ark,
+        ("alpha", "beta", "sigma"),
+        "AR(5) on 200 points: alpha, beta[1..5] ~ N(0, 10), sigma ~ HalfCauchy(2.5).",
+    ),
+    "garch-garch11": _Posterior(
+        _garch,
+        ("mu", "alpha0", "alpha1", "beta1_fraction"),
+        "GARCH(1, 1) on 200 points, flat priors on mu, alpha0 > 0 and the triangle "
+        "0 < alpha1, 0 < beta1 < 1 - alpha1 (beta1 = (1 - alpha1) beta1_fraction).",
+    ),
+    "gp_pois_regr-gp_pois_regr": _Posterior(
+        _gp_pois_regr,
+        ("rho", "alpha", "f_tilde"),
+        "Latent Gaussian process with Poisson counts (11 points): rho ~ Gamma(25, 4), "
+        "alpha ~ HalfNormal(2), f = chol(K) f_tilde, k ~ Poisson(exp(f)).",
+    ),
+    "low_dim_gauss_mix-low_dim_gauss_mix": _Posterior(
+        _low_dim_gauss_mix,
+        ("mu", "sigma", "theta"),
+        "Two-component normal mixture of 1000 points, ordered means mu ~ N(0, 2), "
+        "sigma ~ HalfNormal(2), theta ~ Beta(5, 5).",
+    ),
+    "kidiq-kidscore_interaction": _Posterior(
+        _kidiq,
+        ("beta", "sigma"),
+        "Linear regression with an interaction, unscaled predictors (434 children), flat beta, "
+        "sigma ~ HalfCauchy(2.5).",
+    ),
+    "diamonds-diamonds": _Posterior(
+        _diamonds,
+        ("b", "Intercept", "sigma"),
+        "Linear regression with 24 strongly correlated polynomial terms (5000 diamonds): "
+        "b ~ N(0, 1), Intercept ~ t3(8, 10), sigma ~ half-t3(0, 10).",
+    ),
+    "hudson_lynx_hare-lotka_volterra": _Posterior(
+        _lotka_volterra,
+        ("theta", "z_init", "sigma"),
+        "Lotka-Volterra ODE on the lynx-hare pelts (20 years): rates ~ N+(1, 0.5) / "
+        "N+(0.05, 0.05), z_init ~ LogNormal(log 10, 1), sigma ~ LogNormal(-1, 1).",
+    ),
 }
+assert tuple(_POSTERIORS) == POSTERIORS
 
 _KEY = re.compile(r"^(?P<site>[^\[\]]+)(?:\[(?P<index>[0-9, ]+)\])?$")
 
@@ -458,7 +413,7 @@ def load_posteriordb(
         >>> m.reference.draws["beta"].shape  # 10 chains x 1000 draws of beta[1..4]
         torch.Size([10, 1000, 4])
     """
-    if name not in _LATENTS:
+    if name not in _POSTERIORS:
         raise ValueError(f"unknown posteriordb posterior {name!r}; known: {', '.join(POSTERIORS)}")
     if not (isinstance(ode_rtol, float) and 0.0 < ode_rtol < 1.0):
         raise ValueError(f"ode_rtol must be a float in (0, 1), got {ode_rtol!r}")
@@ -471,27 +426,18 @@ def load_posteriordb(
             )
 
     def build() -> BayesianModel:
-        data = _Data(json.loads((folder / "data.json").read_text()))
-        body: Callable[[_Data], None] = {
-            "eight_schools-eight_schools_noncentered": _eight_schools,
-            "arK-arK": _ark,
-            "garch-garch11": _garch,
-            "gp_pois_regr-gp_pois_regr": _gp_pois_regr,
-            "low_dim_gauss_mix-low_dim_gauss_mix": _low_dim_gauss_mix,
-            "kidiq-kidscore_interaction": _kidiq,
-            "diamonds-diamonds": _diamonds,
-            "hudson_lynx_hare-lotka_volterra": lambda d: _lotka_volterra(d, ode_rtol),
-        }[name]
+        posterior = _POSTERIORS[name]
+        data = _Data(json.loads((folder / "data.json").read_text()), ode_rtol)
 
         def model() -> None:
-            body(data)
+            posterior.body(data)
 
         model.__name__ = model.__qualname__ = name.replace("-", "_")
         return BayesianModel(
             name,
             model,
-            _LATENTS[name],
-            _DESCRIPTIONS[name] + " Reference: posteriordb's reference draws.",
+            posterior.latents,
+            posterior.description + " Reference: posteriordb's reference draws.",
             lambda: _reference(folder),
         )
 
