@@ -131,21 +131,19 @@ def run_guide(key: str, m: Any, half: torch.Tensor, args: argparse.Namespace) ->
     pyro.set_rng_seed(args.seed)
     guide = GUIDES[key][1](m.model)
     out: dict[str, Any] = {"guide": key}
+    stage = "fit"
     try:
         out.update(fit(m.model, guide, args))
-    except Exception as error:  # noqa: BLE001 - a failed fit is a result
-        out["error"] = f"fit failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
-        return out
-    try:
+        stage = "scoring"  # importance_draws refuses non-finite log-weights
         draws = importance_draws(
             m.model, guide, num_samples=args.draws, seed=args.seed + 1, log_likelihood=False
         )
-    except Exception as error:  # noqa: BLE001
-        out["error"] = f"scoring failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    except Exception as error:  # noqa: BLE001 - a failed fit is a result
+        message = str(error).splitlines()[0][:120]
+        out["error"] = f"{stage} failed: {type(error).__name__}: {message}"
         return out
     out.update(accuracy(draws.values, m.reference, half, args.projections))
-    finite = torch.isfinite(draws.log_weights).all()
-    out["khat"] = pareto_khat(draws.log_weights) if finite else math.inf
+    out["khat"] = pareto_khat(draws.log_weights)
     out["elbo"] = float(draws.log_weights.mean())
     return out
 
