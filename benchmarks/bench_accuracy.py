@@ -1,4 +1,4 @@
-"""Posterior accuracy of flow guides on the model zoo (issue 4).
+"""Posterior accuracy of flow guides on the model zoo.
 
 Run by hand (not a test)::
 

@@ -1,4 +1,4 @@
-"""Benchmark the CNF core of pyro-cnf against zuko's ``CNF`` (issue 2).
+"""Benchmark the CNF core of pyro-cnf against zuko's ``CNF``.
 
 Run by hand (not a test)::
 

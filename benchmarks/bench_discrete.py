@@ -1,4 +1,4 @@
-"""Benchmark every flow of the registry against the same composition of Pyro's transforms (issue 3).
+"""Benchmark every flow of the registry against the same composition of Pyro's transforms.
 
 Run by hand (not a test)::
 
@@ -105,7 +105,7 @@ NOTES = {
     "naf": "`neural_autoregressive` + `permute` (no inverse)",
     "bnaf": "`block_autoregressive` + `permute` (no inverse)",
     "hybrid": "no Pyro equivalent (RealNVP + CNF)",
-    "cnf": "no Pyro equivalent (see issue 2 for zuko)",
+    "cnf": "no Pyro equivalent (bench_cnf.py compares it with zuko)",
 }
 
 

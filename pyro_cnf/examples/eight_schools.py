@@ -40,9 +40,7 @@ exact       0                        3.598     3.220      3.598      3.220
 AutoCNF (non-centered inside the guide, ``AutoCNF(noncentered=True)``, with the tail and
 funnel layers, a gated field trained with dopri5 at ``rtol=1e-3``, fitted for 1500 steps
 without the flow first; the fit time includes them) has the lowest KL and a "good" k-hat, and
-its own draws' E[tau] and sd(tau) are within 0.04 and 5 % of exact. With the session-7 recipe
-(a Student-t base and the learned funnel layer alone) the same run gave KL 0.068, k-hat 0.71;
-before the funnel layer, KL 0.239 and k-hat 0.89. ``docs/benchmarks.md`` runs the same recipe
+its own draws' E[tau] and sd(tau) are within 0.04 and 5 % of exact. ``docs/benchmarks.md`` runs the same recipe
 against NUTS on three fit seeds and says why the non-centering matters.
 """
 

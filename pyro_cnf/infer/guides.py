@@ -19,11 +19,10 @@ importance weights :math:`p/q` then grow without bound in those tails (large Par
 :math:`\hat k`); see Jaini et al., "Tails of Lipschitz triangular flows", ICML 2020,
 `arXiv:1907.04481 <https://arxiv.org/abs/1907.04481>`_. ``base_df=ν`` uses independent
 Student-t coordinates with learnable degrees of freedom (initialised at :math:`\nu`) instead.
-The ELBO barely pays for tail mass, so it raises :math:`\nu` as it fits (on centered eight
-schools, without the flow, from 5 to 13 in 3000 steps and to 55 at a 3x larger step size):
-the tails stay heavy only while :math:`\nu` is still rising, and a mass-covering finish
-(:class:`~pyro_cnf.InclusiveKL`) is what puts some tail mass back (``docs/benchmarks.md``,
-sessions 4 and 8). ``tail_layer=True`` works better: an
+The ELBO barely pays for tail mass, so it raises :math:`\nu` as it fits: the tails stay heavy
+only while :math:`\nu` is still rising, and a mass-covering finish
+(:class:`~pyro_cnf.InclusiveKL`) is what puts some tail mass back. ``tail_layer=True`` works
+better: an
 :class:`~pyro_cnf.transforms.ExponentialTails` layer between the flow and the affine map
 (after the flow, so the CNF solves on Gaussian-tailed points) gives each side of each
 coordinate an exponential tail whose weight the fit sets, and the
