@@ -6,7 +6,6 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.distributions.transforms import AffineTransform
 from pyro.infer import SVI, Predictive, Trace_ELBO
 
@@ -30,8 +29,10 @@ def exact_posterior(y=Y):
     return float(y.sum() / precision), 1 / math.sqrt(precision)
 
 
-def test_a_fresh_autocnf_is_the_affine_guide():
-    guide = AutoCNF(conjugate_model, hidden_dims=(8, 8), init_scale=0.3)
+def test_a_fresh_autocnf_without_warm_start_or_tails_is_the_diagonal_affine_guide():
+    guide = AutoCNF(
+        conjugate_model, hidden_dims=(8, 8), init_scale=0.3, warm_start=None, tail_layer=False
+    )
     guide()
     posterior = guide.get_posterior()
     theta = torch.randn(50, 1)
@@ -39,13 +40,28 @@ def test_a_fresh_autocnf_is_the_affine_guide():
     assert torch.allclose(posterior.log_prob(theta), expected, atol=1e-6)
 
 
-def test_a_fresh_autocnf_with_a_funnel_layer_is_still_the_affine_guide():
-    guide = AutoCNF(conjugate_model, hidden_dims=(8, 8), init_scale=0.3, funnel_layer=True)
+def test_a_fresh_default_autocnf_is_the_exact_conjugate_posterior():
+    # warm_start="auto": the Laplace approximation of a Gaussian posterior is the posterior
+    guide = AutoCNF(conjugate_model, hidden_dims=(8, 8), tail_layer=False)
     guide()
-    theta = torch.randn(50, 1)
-    expected = dist.Normal(guide.loc, 0.3).to_event(1).log_prob(theta)
+    mean, sd = exact_posterior()
+    theta = torch.randn(50, 1) * 3
+    expected = dist.Normal(mean, sd).log_prob(theta).squeeze(-1)
     assert torch.allclose(guide.get_posterior().log_prob(theta), expected, atol=1e-6)
-    assert isinstance(guide.funnel, LogLinearAutoregressive)
+
+
+def test_a_fresh_default_autocnf_is_neals_funnel_exactly():
+    # noncentered="auto" standardizes x given v (x's scale depends on v), where the funnel is
+    # N(0, diag(9, 1, ..., 1)) and the Laplace start is exact: every importance weight is 1
+    model = funnel(5)
+    guide = AutoCNF(model, hidden_dims=(8, 8), tail_layer=False)
+    diagnostics = importance_diagnostics(model, guide, num_samples=2000, seed=0)
+    assert guide._noncentered_sites == ("x",)
+    assert diagnostics.log_weights.abs().max() < 1e-6  # log Z = 0
+    # with the default tail layer (weights 0.01 at the start) it is nearly so
+    pyro.clear_param_store()
+    guide = AutoCNF(model, hidden_dims=(8, 8))
+    assert -importance_diagnostics(model, guide, num_samples=2000, seed=0).elbo < 0.01
 
 
 def test_the_funnel_layer_represents_neals_funnel_exactly():
@@ -67,72 +83,26 @@ def test_the_funnel_layer_represents_neals_funnel_exactly():
     assert torch.allclose(flow.log_prob(torch.cat([v.unsqueeze(-1), x], -1)), exact, atol=1e-10)
 
 
-def test_a_funnel_layer_guide_fits_neals_funnel_that_a_gaussian_cannot():
-    # The guide family then holds the funnel (A_i0 = sd(v) / 2 in the affine map's units); a
-    # diagonal Gaussian guide (the same fit without the layer) stays at KL 1.45 here.
-    model = funnel(5)
-    guide = AutoFlow(
-        model, flow=lambda d: ComposeTransformModule([]), init_scale=0.5, funnel_layer=True
-    )
-    fit_svi(
-        model,
-        guide,
-        num_steps=1000,
-        optimizer=pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.1 ** (1 / 1000)}),
-        loss=Trace_ELBO(num_particles=16, vectorize_particles=True),
-        progress=False,
-        seed=0,
-    )
-    kl = -importance_diagnostics(model, guide, num_samples=4000, seed=0).elbo  # log Z = 0
-    assert kl < 0.15
-    ratio = guide.funnel.arn.log_scale_weight[1:, 0] / guide.scale[0]
-    assert torch.allclose(ratio, torch.full_like(ratio, 0.5), atol=0.025)
-
-
 def test_a_first_stage_without_the_flow_hands_its_guide_to_the_full_fit():
     model = funnel(3)
-    guide = AutoCNF(model, hidden_dims=(8, 8), init_scale=0.5, funnel_layer=True)
+    guide = AutoCNF(model, hidden_dims=(8, 8))
     optimizer = pyro.optim.Adam({"lr": 0.05})
     with guide.without_flow():
+        guide()  # sets the guide up
+        start = guide.tails.raw_left.detach().clone()
         fit_svi(model, guide, num_steps=50, optimizer=optimizer, progress=False, seed=0)
         points = guide.get_posterior().sample((20,))
         first_stage = guide.get_posterior().log_prob(points)
     assert guide.flow.stats.forward_solves == 0  # no ODE solve in the first stage
-    assert guide.funnel.arn.log_scale_weight.abs().max() > 0  # the layer was fitted
+    assert not torch.equal(guide.tails.raw_left.detach(), start)  # the tail layer was fitted
     assert torch.allclose(guide.get_posterior().log_prob(points), first_stage, atol=1e-6)
 
 
-def test_funnel_layer_must_be_a_bool():
-    with pytest.raises(TypeError, match="funnel_layer must be True or False"):
-        AutoCNF(conjugate_model, funnel_layer=1)
-
-
-def test_a_fresh_student_t_base_guide_is_the_affine_student_t_and_learns_its_df():
-    guide = AutoCNF(conjugate_model, hidden_dims=(8, 8), init_scale=0.3, base_df=4.0)
-    guide()
-    theta = torch.randn(50, 1) * 3
-    expected = dist.StudentT(4.0, guide.loc, 0.3).to_event(1).log_prob(theta)
-    assert torch.allclose(guide.get_posterior().log_prob(theta), expected, atol=1e-6)
-    loss = Trace_ELBO(num_particles=8, vectorize_particles=True).differentiable_loss(
-        conjugate_model, guide
-    )
-    loss.backward()
-    assert guide.base_df.unconstrained().grad.abs() > 0
-
-
-def test_a_student_t_base_bounds_the_importance_weights_of_a_heavy_tailed_posterior():
-    # p = t_2 has polynomial tails: p/q is unbounded under any Lipschitz map of a Gaussian (the
-    # weights' tail index is 1: k-hat tends to 1, estimated 0.71-0.80 over 4 seeds at S = 10^4),
-    # and bounded under a heavier t base (k-hat < 0: a short-tailed weight distribution)
-    def model():
-        pyro.sample("x", dist.StudentT(2.0, 0.0, 1.0))
-
-    khat = {}
-    for base_df in (None, 1.5):
-        pyro.clear_param_store()
-        guide = AutoCNF(model, hidden_dims=(8, 8), init_scale=0.5, base_df=base_df)
-        khat[base_df] = importance_diagnostics(model, guide, num_samples=10_000, seed=0).khat
-    assert khat[1.5] < 0 < 0.65 < khat[None]
+def test_noncentered_must_be_auto_a_bool_or_names():
+    with pytest.raises(ValueError, match="noncentered must be True, False, 'auto'"):
+        AutoCNF(conjugate_model, noncentered="all")
+    with pytest.raises(TypeError, match="noncentered must be True, False, 'auto'"):
+        AutoCNF(conjugate_model, noncentered=1)
 
 
 def test_autocnf_fits_a_conjugate_posterior_and_its_quantiles():

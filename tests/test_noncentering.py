@@ -149,7 +149,7 @@ def test_predictive_median_and_quantiles_keep_the_models_shapes():
 
 
 def test_noncentered_errors_name_the_problem():
-    with pytest.raises(TypeError, match="sequence of site names"):
+    with pytest.raises(ValueError, match="'auto' or a sequence of site names, got 'theta'"):
         AutoFlow(centered_schools, noncentered="theta")
     with pytest.raises(ValueError, match="'tau' is not of a location-scale family"):
         AutoFlow(centered_schools, flow=affine_only, noncentered=["tau"])()
@@ -194,3 +194,23 @@ def test_a_tail_layer_guide_fits_an_exponential_tailed_posterior_a_gaussian_cann
     assert 0.04 < kl[False] < 0.06
     assert kl[True] < 0.02
     assert top[True] < 1.5 < 2.5 < top[False]
+
+
+def test_auto_picks_the_sites_whose_loc_or_scale_depends_on_other_latents():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))  # a fixed prior: left alone
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        beta = pyro.sample("beta", dist.Normal(torch.zeros(2), 10.0).to_event(1))  # fixed too
+        with pyro.plate("groups", 3):
+            pyro.sample("theta", dist.Normal(mu, tau))  # loc and scale from other sites
+            pyro.sample("shifted", dist.Normal(beta.sum(), 1.0))  # loc only
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.tensor(0.5))
+
+    guide = AutoFlow(model, flow=affine_only, noncentered="auto")
+    guide()
+    assert guide._noncentered_sites == ("theta", "shifted")
+    # and True takes every location-scale site on the real line
+    pyro.clear_param_store()
+    every = AutoFlow(model, flow=affine_only, noncentered=True)
+    every()
+    assert every._noncentered_sites == ("mu", "beta", "theta", "shifted")

@@ -5,6 +5,7 @@ unconstrained log densities written out by hand), the fallback where there is no
 short SVI fit on posteriordb's kidiq posterior.
 """
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -143,7 +144,7 @@ def test_a_fresh_guide_is_the_exact_posterior_of_a_conjugate_regression():
     # the predictors are unscaled and correlated: posterior sds from 0.1 to 10, correlation -0.99
     sd = cov.diagonal().sqrt()
     assert (cov / sd.outer(sd))[1, 2] < -0.98 and sd.max() / sd.min() > 50
-    guide = AutoCNF(known_noise_model, warm_start="laplace", hidden_dims=(8, 8))
+    guide = AutoCNF(known_noise_model, tail_layer=False, hidden_dims=(8, 8))  # warm_start="auto"
     guide(X, y)
     assert torch.allclose(affine_loc(guide), mean, rtol=0, atol=1e-6)
     assert torch.allclose(affine_covariance(guide), cov, rtol=0, atol=1e-6)
@@ -232,18 +233,25 @@ def test_noncentered_sites_are_warm_started_before_the_noncentering_layer():
     assert np.abs(affine_covariance(guide).numpy() / normalized - cov / normalized).max() < 1e-5
 
 
-def test_without_a_mode_it_warns_and_keeps_the_default_start():
-    # centered eight schools: the density grows without bound as tau -> 0 with theta_j = mu
+@pytest.mark.parametrize("warm_start", ["laplace", "auto"])
+def test_without_a_mode_it_keeps_the_default_start(warm_start, caplog):
+    # centered eight schools, not non-centered: the density grows without bound as tau -> 0
+    # with theta_j = mu; "laplace" warns, "auto" logs why at INFO level
     m = get_model("eight_schools_centered")
     pyro.set_rng_seed(3)
-    default = AutoCNF(m.model, hidden_dims=(8, 8))
+    default = AutoCNF(m.model, noncentered=False, warm_start=None, hidden_dims=(8, 8))
     default()
     after_default = torch.rand(3)
     pyro.clear_param_store()
     pyro.set_rng_seed(3)
-    guide = AutoCNF(m.model, warm_start="laplace", hidden_dims=(8, 8))
-    with pytest.warns(UserWarning, match="warm_start='laplace'.*no Laplace approximation"):
-        guide()
+    guide = AutoCNF(m.model, noncentered=False, warm_start=warm_start, hidden_dims=(8, 8))
+    if warm_start == "laplace":
+        with pytest.warns(UserWarning, match="warm_start='laplace'.*no Laplace approximation"):
+            guide()
+    else:
+        with caplog.at_level(logging.INFO, logger="pyro_cnf.infer.guides"):
+            guide()
+        assert "warm_start='auto'): no Laplace approximation" in caplog.text
     assert torch.equal(torch.rand(3), after_default)  # the warm start drew nothing at random
     assert torch.equal(guide.loc.detach(), default.loc.detach())
     assert torch.equal(guide.scale.detach(), default.scale.detach())
@@ -257,6 +265,15 @@ def test_without_a_mode_it_warns_and_keeps_the_default_start():
         assert torch.allclose(
             guide.get_posterior().log_prob(theta), default.get_posterior().log_prob(theta)
         )
+
+
+def test_centered_eight_schools_is_warm_started_once_non_centered():
+    # the default non-centers theta inside the guide; there the posterior has a mode
+    m = get_model("eight_schools_centered")
+    guide = AutoCNF(m.model, hidden_dims=(8, 8))
+    guide()
+    assert guide._noncentered_sites == ("theta",)
+    assert guide.laplace_mode is not None
 
 
 def test_a_subsampled_model_warns_and_keeps_the_default_start():
@@ -291,13 +308,15 @@ def test_the_warm_start_leaves_no_gradient_on_the_models_parameters():
 @pytest.mark.parametrize("guide_class", [AutoCNF, AutoFlow])
 @pytest.mark.parametrize("bad", ["Laplace", "pathfinder", "", True])
 def test_an_unknown_warm_start_is_refused(guide_class, bad):
-    with pytest.raises(ValueError, match=r"warm_start must be None or one of \['laplace'\]"):
+    with pytest.raises(
+        ValueError, match=r"warm_start must be None or one of \['auto', 'laplace'\]"
+    ):
         guide_class(known_noise_model, warm_start=bad)
 
 
 def test_without_a_warm_start_the_affine_map_is_diagonal():
     X, y = regression_data()
-    guide = AutoCNF(known_noise_model, hidden_dims=(8, 8))
+    guide = AutoCNF(known_noise_model, warm_start=None, hidden_dims=(8, 8))
     guide(X, y)
     assert not hasattr(guide, "scale_tril")
     assert type(guide.get_transform(X, y)[-1]).__name__ == "AffineTransform"
@@ -373,3 +392,25 @@ def test_kidiq_is_fitted_from_the_laplace_start():
         sd = m.reference.sd[site]
         assert ((draws[site].mean(0) - mean) / sd).abs().max() < 0.1, site
         assert ((draws[site].std(0) / sd).log().abs() < math.log(1.1)).all(), site
+
+
+def bimodal_model():
+    # a light narrow mode next to the prior median and a heavy one further out:
+    # masses about 0.15 N(-0.5; 0, 3) : 0.85 N(3; 0, 3), i.e. 0.23 : 0.77
+    x = pyro.sample("x", dist.Normal(0.0, 3.0))
+    light = dist.Normal(-0.5, 0.2).log_prob(x) + math.log(0.15)
+    heavy = dist.Normal(3.0, 0.6).log_prob(x) + math.log(0.85)
+    pyro.factor("mixture", torch.logaddexp(light, heavy))
+
+
+@pytest.mark.parametrize("prior_starts, mode", [(0, -0.5), (3, 3.0)])
+def test_the_warm_start_keeps_the_mode_with_the_most_mass(monkeypatch, prior_starts, mode):
+    # from the init location alone L-BFGS finds the light mode; the prior draws find the
+    # heavy one, and its Gaussian holds more mass
+    import pyro_cnf.infer.guides as guides
+
+    monkeypatch.setattr(guides, "LAPLACE_PRIOR_STARTS", prior_starts)
+    pyro.set_rng_seed(0)
+    guide = AutoCNF(bimodal_model, hidden_dims=(8, 8))
+    guide()
+    assert abs(float(guide.laplace_mode) - mode) < 0.15

@@ -35,6 +35,7 @@ class LaplaceApproximation:
         newton_decrement: :math:`\sqrt{g^\top H^{-1} g}` at the returned point: its distance to
             the stationary point of the local quadratic, in units of the approximation's sd.
         evaluations: Potential evaluations made by L-BFGS.
+        potential: :math:`U(\hat u)` (``nan`` on failure).
     """
 
     mode: Tensor | None
@@ -42,6 +43,20 @@ class LaplaceApproximation:
     reason: str | None
     newton_decrement: float = math.nan
     evaluations: int = 0
+    potential: float = math.nan
+
+    @property
+    def log_mass(self) -> float:
+        r"""The log-mass of the Gaussian approximation; ``-inf`` on failure.
+
+        :math:`-U(\hat u) + \log\lvert L\rvert + \tfrac d2 \log 2\pi`, Laplace's estimate of the
+        log normalizing constant: the measure by which to prefer one mode over another.
+        """
+        if self.scale_tril is None:
+            return -math.inf
+        d = self.scale_tril.shape[-1]
+        log_det = float(self.scale_tril.diagonal().log().sum())
+        return -self.potential + log_det + 0.5 * d * math.log(2 * math.pi)
 
 
 def _failure(
@@ -188,4 +203,4 @@ def laplace_approximation(
             decrement,
             evaluations,
         )
-    return LaplaceApproximation(point, scale_tril, None, decrement, evaluations)
+    return LaplaceApproximation(point, scale_tril, None, decrement, evaluations, float(value))

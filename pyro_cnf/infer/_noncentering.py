@@ -35,7 +35,7 @@ from torch.distributions import Distribution, Independent, Transform, biject_to
 if TYPE_CHECKING:
     from pyro.infer.autoguide import AutoContinuous
 
-__all__ = ["LocScaleNoncentering", "loc_scale_sites"]
+__all__ = ["LocScaleNoncentering", "hierarchical_sites", "loc_scale_sites"]
 
 
 def _loc_scale(fn: Distribution) -> tuple[Tensor, Tensor] | None:
@@ -57,6 +57,66 @@ def loc_scale_sites(guide: AutoContinuous) -> tuple[str, ...]:
         for name, site in guide.prototype_trace.iter_stochastic_nodes()
         if _loc_scale(site["fn"]) is not None
     )
+
+
+class _DependencyProbe(Messenger):
+    """Give each latent site a fresh leaf tensor as value; record the candidates' loc and scale."""
+
+    def __init__(self, values: dict[str, Tensor], candidates: frozenset[str]) -> None:
+        super().__init__()
+        self.values = values
+        self.candidates = candidates
+        self.leaves: dict[str, Tensor] = {}
+        self.loc_scales: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        name = msg["name"]
+        if name not in self.values or msg["is_observed"]:
+            return
+        loc_scale = _loc_scale(msg["fn"]) if name in self.candidates else None
+        if loc_scale is not None:
+            self.loc_scales[name] = loc_scale
+        leaf = self.values[name].detach().clone().requires_grad_()
+        self.leaves[name] = leaf
+        msg["value"] = leaf
+        msg["is_observed"] = True
+
+
+def hierarchical_sites(
+    guide: AutoContinuous,
+    candidates: Sequence[str],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+) -> tuple[str, ...]:
+    """The candidate sites whose loc or scale depends on the value of another latent site.
+
+    One pass of the model at the prototype trace's values, each latent value a leaf tensor;
+    a site qualifies when autograd connects its loc or scale to another site's leaf. Sites of a
+    fixed prior (a regression coefficient's ``Normal(0, 10)``) gain nothing from non-centering
+    inside the guide and are left out.
+    """
+    values = {name: site["value"] for name, site in guide.prototype_trace.iter_stochastic_nodes()}
+    probe = _DependencyProbe(values, frozenset(candidates))
+    with torch.enable_grad(), poutine.block(), probe:
+        guide.model(*args, **({} if kwargs is None else kwargs))
+    chosen = []
+    for name in candidates:
+        if name not in probe.loc_scales:
+            continue
+        outputs = [t for t in probe.loc_scales[name] if t.requires_grad]
+        others = [leaf for other, leaf in probe.leaves.items() if other != name]
+        if not outputs or not others:
+            continue
+        grads = torch.autograd.grad(
+            outputs,
+            others,
+            grad_outputs=[torch.ones_like(t) for t in outputs],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        if any(g is not None for g in grads):
+            chosen.append(name)
+    return tuple(chosen)
 
 
 class _Standardize(Messenger):

@@ -1,90 +1,57 @@
-r"""Flow guides for SVI: :class:`AutoFlow` (any registry flow) and :class:`AutoCNF`.
+r"""Flow guides for SVI: :class:`AutoCNF` (the default choice) and :class:`AutoFlow` (any registry flow).
 
-Both are Pyro ``AutoContinuous`` guides over the flattened unconstrained latent vector. The
-posterior is
+Both are Pyro ``AutoContinuous`` guides over the flattened unconstrained latent vector. From the
+base draw :math:`\epsilon \sim \mathcal N(0, I)` to the model's latents the layers are
 
-.. math:: \theta = \mu + \sigma \odot f(\epsilon), \qquad \epsilon \sim \mathcal N(0, I),
+.. math:: \theta = N\bigl(\hat u + L\, g(f(\epsilon))\bigr),
 
-(or :math:`\epsilon_i \sim t_\nu` with ``base_df=ν``, see below) with :math:`\mu` initialised at
-the model's init location (``init_loc_fn``), :math:`\sigma` at ``init_scale`` and :math:`f` a
-normalizing flow that starts near the identity, so the flow learns only what the affine guide
-cannot: a fresh :class:`AutoCNF` *is* the diagonal-Normal guide.
-Pyro's ``AutoNormalizingFlow`` instead starts from :math:`\mathcal N(0, I)` at a feasible point,
-which is badly scaled for most posteriors.
+a normalizing flow :math:`f` that starts at (CNF) or near (discrete flows) the identity, an
+optional tail layer :math:`g`, an affine map :math:`u \mapsto \hat u + L u`, and an optional
+non-centering :math:`N`. A fresh guide is therefore the Gaussian of its affine map, and the flow
+learns only what that Gaussian cannot. :class:`AutoCNF` turns on what fits real posteriors
+best (``docs/benchmarks.md``); :class:`AutoFlow` leaves every layer off unless asked.
 
-**Tails.** A flow whose map is Lipschitz (every CNF with a smooth bounded-slope field, affine
-and coupling layers) keeps the tail class of its base: from a Gaussian base it cannot make the
-exponential or polynomial tails of, e.g., :math:`\log\tau` in a hierarchical model, and the
-importance weights :math:`p/q` then grow without bound in those tails (large Pareto
-:math:`\hat k`); see Jaini et al., "Tails of Lipschitz triangular flows", ICML 2020,
-`arXiv:1907.04481 <https://arxiv.org/abs/1907.04481>`_. ``base_df=ν`` uses independent
-Student-t coordinates with learnable degrees of freedom (initialised at :math:`\nu`) instead.
-The ELBO barely pays for tail mass, so it raises :math:`\nu` as it fits: the tails stay heavy
-only while :math:`\nu` is still rising, and a mass-covering finish
-(:class:`~pyro_cnf.InclusiveKL`) is what puts some tail mass back. ``tail_layer=True`` works
-better: an
-:class:`~pyro_cnf.transforms.ExponentialTails` layer between the flow and the affine map
-(after the flow, so the CNF solves on Gaussian-tailed points) gives each side of each
-coordinate an exponential tail whose weight the fit sets, and the
-ELBO *does* keep that weight where the posterior has such a tail (on centered eight schools,
-non-centered as below, the left tail of :math:`\log\tau`, where
-:math:`p(\log\tau) \propto \tau`, keeps a weight near 1 and the others go to 0).
+**Warm start** (``warm_start``). With ``"laplace"`` the guide finds, when it first runs, the
+mode :math:`\hat u` of the log density in the affine map's output coordinates (L-BFGS from the
+init location and from three draws of the prior; of several modes, the one whose Gaussian holds
+the most mass, :math:`p(\hat u)\,\lvert 2\pi H^{-1}\rvert^{1/2}`) and the
+Hessian :math:`H` of :math:`-\log p` there, and starts at :math:`\mathcal N(\hat u, H^{-1})`
+with a learned full lower-triangular scale. The affine map is learned relative to the Laplace
+factor :math:`L_0` (:math:`L_0 L_0^\top = H^{-1}`): :math:`\hat u + L_0\delta` and
+:math:`L_0 \operatorname{diag}(s) U` with :math:`\delta = 0`, :math:`s = 1`, :math:`U = I` at
+the start, so that the optimizer's steps are in posterior standard deviations whatever the units
+of each coordinate. This is what wide or flat priors, unscaled predictors and correlated
+coefficients need: from the prior median, SVI spends its steps walking to the posterior or never
+arrives. Where there is no Laplace approximation (a density that grows without bound, as in a
+centered funnel; a Hessian that is not positive definite; a subsampled likelihood, whose log
+density is a minibatch estimate) the guide starts at the init location with a diagonal scale
+``init_scale``: ``"auto"`` does so quietly (it logs why at INFO level), ``"laplace"`` warns.
+``None`` always starts there (the diagonal affine map of Pyro's ``AutoNormal``).
 
-**Funnels.** ``funnel_layer=True`` puts a :class:`~pyro_cnf.transforms.LogLinearAutoregressive`
-layer between the flow and the affine map,
-
-.. math:: \theta = \mu + \sigma \odot g(f(\epsilon)), \qquad
-    g(u)_i = u_i\, e^{\sum_{j<i} A_{ij} u_j} + \textstyle\sum_{j<i} C_{ij} u_j,
-
-(:math:`A, C` learned, zero at the start) so that each coordinate's scale can be the
-exponential of a linear function of the latents sampled before it: the posterior of a centered
-hierarchical model (:math:`\theta_j \sim \mathcal N(\mu, \tau)`, a funnel in
-:math:`(\log\tau, \theta)`) is then a learned non-centering away from the flow's reach.
-It relies on Pyro's latent order, which is the model's sample order: scale parameters
-(:math:`\tau`) must be sampled before the sites they scale, as in any top-down model.
-
-**Non-centering.** ``noncentered=True`` (or a list of site names) makes the guide's last layer
-the model's own conditionals: each latent site of a location-scale family on the real line
-(Normal, Student-t, Cauchy, Laplace, ...) is represented by
+**Non-centering** (``noncentered``). Each chosen latent site of a location-scale family on the
+real line (Normal, Student-t, Cauchy, Laplace, ...) is represented by
 :math:`\tilde\theta = (\theta - \mathrm{loc}) / \mathrm{scale}`, with loc and scale computed by
-the model from the earlier sites (one pass of the model per map, its likelihood not scored), so
+the model from the earlier sites (one pass of the model per map, its likelihood not scored). The
+guide then fits the non-centered posterior while the model stays centered (its sites,
+``Predictive`` and ArviZ output are the model's own). This is exact at every scale, down the neck
+of a funnel where no learned layer has seen a draw. ``"auto"`` chooses the sites whose loc or
+scale depends on other latent sites (the hierarchical ones: :math:`\theta_j \sim \mathcal N(\mu,
+\tau)`); ``True`` every location-scale site; or name the sites. Pyro's ``LocScaleReparam`` does
+the same to the model instead (renaming its sites); Gorinova, Moore & Hoffman, ICML 2020,
+`arXiv:1906.03028 <https://arxiv.org/abs/1906.03028>`_, learn a partial version.
 
-.. math:: \theta = \mathrm{loc}(\ldots) + \mathrm{scale}(\ldots)\,
-    \bigl[\mu + \sigma \odot g(f(\epsilon))\bigr]_\theta .
-
-The guide then fits the non-centered posterior while the model stays centered (the sites,
-``Predictive`` and ArviZ output are the model's). Unlike the learned funnel layer this is exact
-at every :math:`\tau`: a learned non-centering is right only to the precision the bulk of the
-draws pins it down, below which :math:`\tau` is too small to sample, which is where the
-largest importance weights came from. Pyro's ``LocScaleReparam`` does the same to the model
-instead (it renames the sites); Gorinova, Moore & Hoffman, ICML 2020,
-`arXiv:1906.03028 <https://arxiv.org/abs/1906.03028>`_, learn a partial version. A site whose
-data dominate its prior is better left centered: name the sites to map.
-
-**Warm start.** ``warm_start="laplace"`` starts the guide at the Laplace approximation
-instead: use it when the posterior is far from the prior median or at a very different scale
-(wide or flat priors, unscaled predictors) or strongly correlated, where SVI from the default
-start spends its steps walking there or never arrives. When the guide sets itself up it finds
-the mode :math:`\hat u` of the log density in the affine map's output coordinates by L-BFGS
-and the Hessian :math:`H` of :math:`-\log p` there, and starts at
-
-.. math:: \theta = \hat u + L\, f(\epsilon), \qquad L L^\top = H^{-1},
-
-with :math:`L` a full lower-triangular scale, so a fresh :class:`AutoCNF` *is*
-:math:`\mathcal N(\hat u, H^{-1})` and the flow learns the non-Gaussian part. The affine map
-is learned relative to the Laplace factor :math:`L_0` (:math:`L_0 L_0^\top = H^{-1}`):
-:math:`\hat u + L_0 \delta` and :math:`L_0 \operatorname{diag}(s) U` with :math:`\delta = 0`,
-:math:`s = 1` and a unit lower-triangular :math:`U = I` at the start, so that the optimizer's
-steps are in posterior standard deviations whatever the units of each coordinate. The log
-density is the model's in unconstrained coordinates, with the log-Jacobian of the constraints
-(and of the non-centering layer, which stays after the affine map). Where there is no Laplace
-approximation (a funnel such as centered eight schools, whose density grows without bound as
-:math:`\tau \to 0`; a Hessian that is not positive definite; non-finite values) the guide warns
-and keeps the default start.
+**Tails** (``tail_layer``). A flow whose map is Lipschitz (every CNF with a smooth bounded-slope
+field, affine and coupling layers) keeps the Gaussian tails of its base (Jaini et al., ICML 2020,
+`arXiv:1907.04481 <https://arxiv.org/abs/1907.04481>`_), so importance weights :math:`p/q` grow
+without bound where the posterior's tails are heavier, e.g. :math:`\log\tau` near
+:math:`\tau = 0` (large Pareto :math:`\hat k`). An :class:`~pyro_cnf.transforms.ExponentialTails`
+layer after the flow gives each side of each coordinate an exponential tail whose weight the fit
+sets (near zero at the start).
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -105,42 +72,49 @@ from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 
 from ..distributions import FlowDistribution
-from ..transforms.linear import LogLinearAutoregressive
+from ..ode import Solver
 from ..transforms.registry import flow_spec, make_flow
 from ..transforms.tails import ExponentialTails
+from ._laplace import _OUTSIDE as _LAPLACE_OUTSIDE
 from ._laplace import laplace_approximation
-from ._noncentering import LocScaleNoncentering, loc_scale_sites
+from ._noncentering import LocScaleNoncentering, hierarchical_sites, loc_scale_sites
 
 __all__ = ["AutoCNF", "AutoFlow"]
 
+logger = logging.getLogger(__name__)
+
+#: Draws from the prior that the Laplace warm start also searches from, besides the init location.
+LAPLACE_PRIOR_STARTS = 3
+
+#: AutoCNF's training solver: dopri5 at a loose tolerance. Error control matters in training: on
+#: a fixed grid the optimizer learns to exploit the gap between the discrete map and the
+#: integrated log-determinant (the ELBO estimate then exceeds log Z).
+TRAINING_SOLVER = Solver("dopri5", rtol=1e-3, atol=1e-4)
+
 
 class AutoFlow(AutoContinuous):
-    r"""A normalizing-flow guide: an affine map at the model's init location after a flow.
+    r"""A normalizing-flow guide: a registry flow, then optional tails, an affine map, non-centering.
+
+    Every layer but the flow and the diagonal affine map is off unless asked for (see the module
+    docs); :class:`AutoCNF` is the guide with the best defaults.
 
     Arguments:
         model: A Pyro model with continuous latent sites.
         flow: A registry name (see :func:`~pyro_cnf.flow_names`) or a factory
             ``flow(latent_dim) -> TransformModule``.
-        init_loc_fn: Per-site initialisation of :math:`\mu` (default ``init_to_median``).
-        init_scale: Initial :math:`\sigma` (every coordinate), > 0.
+        init_loc_fn: Per-site start of the affine map's location (default ``init_to_median``);
+            the point the Laplace warm start searches from.
+        init_scale: Initial diagonal scale (every coordinate), > 0, where there is no warm start.
         num_quantile_samples: Draws used by the Monte Carlo :meth:`median` and :meth:`quantiles`.
-        base_df: ``None`` (default) for a standard-normal base; a number :math:`\nu > 0` for a
-            heavy-tailed base of independent Student-t coordinates whose degrees of freedom
-            start at :math:`\nu` and are learned with the other parameters.
-        funnel_layer: Add a :class:`~pyro_cnf.transforms.LogLinearAutoregressive` layer after
-            the flow (see the module docs): for centered hierarchical models.
-        noncentered: Work in non-centered coordinates of the model's location-scale latent
-            sites (see the module docs): ``True`` for every such site, or a sequence of site
-            names. For centered hierarchical models; exact where the funnel layer is learned.
-        tail_layer: Put an :class:`~pyro_cnf.transforms.ExponentialTails` layer between the
-            flow and the funnel layer (or affine map), so that the fit can give each
-            coordinate exponential tails (see the module docs).
-        warm_start: ``None`` (default): :math:`\mu` at the init location, :math:`\sigma` at
-            ``init_scale``. ``"laplace"``: start at the Laplace approximation
-            :math:`\mathcal N(\hat u, H^{-1})` of the posterior, with a learned full
-            lower-triangular scale (see the module docs); for posteriors far from the prior
-            median, unscaled predictors or strong correlations. Without a finite mode (e.g. a
-            funnel) it warns and keeps the default start.
+        noncentered: Sites to non-center inside the guide: ``False``, ``"auto"`` (those whose
+            loc or scale depends on other latent sites), ``True`` (every location-scale site)
+            or a sequence of site names. Name the sites yourself to leave a data-dominated
+            group centered.
+        tail_layer: Put an :class:`~pyro_cnf.transforms.ExponentialTails` layer after the flow,
+            so that the fit can give each coordinate exponential tails.
+        warm_start: ``None`` (start at the init location, scale ``init_scale``), ``"auto"``
+            (the Laplace approximation where the posterior has one, else as ``None``) or
+            ``"laplace"`` (the same, warning where it falls back).
         **flow_kwargs: Options of the registry flow (``num_layers``, ``hidden_dims``, ...).
 
     Raises:
@@ -159,7 +133,7 @@ class AutoFlow(AutoContinuous):
 
     scale_constraint = constraints.softplus_positive
     scale_tril_constraint = constraints.unit_lower_cholesky
-    _warm_starts = ("laplace",)
+    _warm_starts = ("auto", "laplace")
 
     def __init__(
         self,
@@ -168,9 +142,7 @@ class AutoFlow(AutoContinuous):
         init_loc_fn: Callable[..., Any] = init_to_median,
         init_scale: float = 0.1,
         num_quantile_samples: int = 4096,
-        base_df: float | None = None,
-        funnel_layer: bool = False,
-        noncentered: bool | Sequence[str] = False,
+        noncentered: bool | str | Sequence[str] = False,
         tail_layer: bool = False,
         warm_start: str | None = None,
         **flow_kwargs: Any,
@@ -181,31 +153,32 @@ class AutoFlow(AutoContinuous):
             raise TypeError(f"flow must be a registry name or a factory, got {flow!r}")
         if not (isinstance(init_scale, (int, float)) and init_scale > 0):
             raise ValueError(f"init_scale must be positive, got {init_scale!r}")
-        if base_df is not None and not (isinstance(base_df, (int, float)) and base_df > 0):
-            raise ValueError(f"base_df must be None or positive, got {base_df!r}")
-        if not isinstance(funnel_layer, bool):
-            raise TypeError(f"funnel_layer must be True or False, got {funnel_layer!r}")
         if not isinstance(tail_layer, bool):
             raise TypeError(f"tail_layer must be True or False, got {tail_layer!r}")
-        if not isinstance(noncentered, bool) and not (
-            isinstance(noncentered, Sequence)
-            and not isinstance(noncentered, str)
-            and all(isinstance(name, str) for name in noncentered)
+        if isinstance(noncentered, str):
+            if noncentered != "auto":
+                raise ValueError(
+                    f"noncentered must be True, False, 'auto' or a sequence of site names, got "
+                    f"{noncentered!r}"
+                )
+        elif not isinstance(noncentered, bool) and not (
+            isinstance(noncentered, Sequence) and all(isinstance(name, str) for name in noncentered)
         ):
             raise TypeError(
-                f"noncentered must be True, False or a sequence of site names, got {noncentered!r}"
+                "noncentered must be True, False, 'auto' or a sequence of site names, got "
+                f"{noncentered!r}"
             )
         if warm_start is not None and warm_start not in self._warm_starts:
             raise ValueError(
                 f"warm_start must be None or one of {list(self._warm_starts)}, got {warm_start!r}"
             )
         self._warm_start = warm_start
-        self._funnel_layer = funnel_layer
         self._tail_layer = tail_layer
-        self._noncentered = noncentered if isinstance(noncentered, bool) else tuple(noncentered)
+        self._noncentered = (
+            noncentered if isinstance(noncentered, (bool, str)) else tuple(noncentered)
+        )
         self._noncentered_sites: tuple[str, ...] = ()
         self._use_flow = True
-        self._base_df = None if base_df is None else float(base_df)
         self._flow_factory = flow
         self._flow_kwargs = flow_kwargs
         self._init_scale = float(init_scale)
@@ -216,25 +189,21 @@ class AutoFlow(AutoContinuous):
         self._check_model_sites(*args, **kwargs)
         super()._setup_prototype(*args, **kwargs)
         init_loc = self._init_loc()
-        self._noncentered_sites = self._select_noncentered_sites()
+        self._noncentered_sites = self._select_noncentered_sites(args, kwargs)
         if self._noncentered_sites:  # the affine map acts on the standardized coordinates
             init_loc = self._noncentering(args, kwargs).inv(init_loc)
         self.loc = nn.Parameter(init_loc.detach())
         self.scale = PyroParam(
             self.loc.new_full((self.latent_dim,), self._init_scale), self.scale_constraint
         )
-        if self._base_df is not None:
-            self.base_df = PyroParam(self.loc.new_tensor(self._base_df), constraints.positive)
         if isinstance(self._flow_factory, str):
             flow = make_flow(self._flow_factory, self.latent_dim, **self._flow_kwargs)
         else:
             flow = self._flow_factory(self.latent_dim, **self._flow_kwargs)
         self.flow = flow.to(dtype=self.loc.dtype) if isinstance(flow, nn.Module) else flow
-        if self._funnel_layer:
-            self.funnel = LogLinearAutoregressive(self.latent_dim).to(dtype=self.loc.dtype)
         if self._tail_layer:
             self.tails = ExponentialTails(self.latent_dim).to(dtype=self.loc.dtype)
-        if self._warm_start == "laplace":
+        if self._warm_start is not None:
             self._laplace_start(args, kwargs)
 
     def _laplace_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -283,15 +252,21 @@ class AutoFlow(AutoContinuous):
             # even under torch.no_grad (median and quantiles may set the guide up there).
             with poutine.block(), torch.enable_grad():
                 potential = self._log_density_potential(args, kwargs, values, nesting)
-                result = laplace_approximation(potential, self.loc)
-            reason = result.reason
+                starts = [self.loc.detach(), *self._prior_starts(args, kwargs)]
+                results = [laplace_approximation(potential, start) for start in starts]
+            # several modes: keep the one whose Gaussian holds the most mass
+            result = max(results, key=lambda r: r.log_mass)
+            reason = results[0].reason if result.reason is not None else None
         if reason is not None:
-            warnings.warn(
-                f"{type(self).__name__}(warm_start='laplace'): no Laplace approximation, so the "
-                f"default start (init location, scale {self._init_scale:g}): {reason}",
-                UserWarning,
-                stacklevel=2,
+            message = (
+                f"{type(self).__name__}(warm_start={self._warm_start!r}): no Laplace "
+                f"approximation, so the default start (init location, scale "
+                f"{self._init_scale:g}): {reason}"
             )
+            if self._warm_start == "laplace":
+                warnings.warn(message, UserWarning, stacklevel=2)
+            else:
+                logger.info(message)
             return
         assert result.mode is not None and result.scale_tril is not None
         # The affine map is learned relative to the Laplace factor (a preconditioning: Adam's
@@ -300,6 +275,31 @@ class AutoFlow(AutoContinuous):
         self.laplace_tril = result.scale_tril.detach().clone()
         self.loc = nn.Parameter(torch.zeros_like(self.laplace_mode))
         self.scale = PyroParam(torch.ones_like(self.laplace_mode), self.scale_constraint)
+
+    def _prior_starts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
+        """Extra starting points of the mode search: draws of the latent sites from the prior.
+
+        In the affine map's output coordinates; none where the prior cannot be sampled (an
+        improper prior) or a draw is not finite.
+        """
+        starts = []
+        for _ in range(LAPLACE_PRIOR_STARTS):
+            try:
+                with torch.no_grad():
+                    trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
+                    parts = []
+                    for name, site in self.prototype_trace.iter_stochastic_nodes():
+                        value = trace.nodes[name]["value"]
+                        unconstrained = biject_to(site["fn"].support).inv(value)
+                        parts.append(unconstrained.reshape(-1))
+                    start = torch.cat(parts).to(self.loc)
+                    if self._noncentered_sites:
+                        start = self._noncentering(args, kwargs).inv(start)
+            except (NotImplementedError, *_LAPLACE_OUTSIDE):
+                continue
+            if start.shape == self.loc.shape and torch.isfinite(start).all():
+                starts.append(start)
+        return starts
 
     def _log_density_potential(
         self,
@@ -338,10 +338,14 @@ class AutoFlow(AutoContinuous):
 
         return potential
 
-    def _select_noncentered_sites(self) -> tuple[str, ...]:
+    def _select_noncentered_sites(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, ...]:
         if self._noncentered is False:
             return ()
         eligible = loc_scale_sites(self)
+        if self._noncentered == "auto":
+            return hierarchical_sites(self, eligible, args, kwargs)
         if self._noncentered is True:
             if not eligible:
                 raise ValueError(
@@ -392,21 +396,15 @@ class AutoFlow(AutoContinuous):
                     )
 
     def get_base_dist(self) -> dist.Distribution:
-        """The base on the latent vector: standard normal, or Student-t with ``base_df``."""
+        """The base on the latent vector: a standard normal."""
         zeros = torch.zeros_like(self.loc)
-        if self._base_df is None:
-            return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
-        return dist.StudentT(self.base_df.expand_as(zeros), zeros, torch.ones_like(zeros)).to_event(
-            1
-        )
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def get_transform(self, *args: Any, **kwargs: Any) -> list[Transform]:
-        """The flow (unless :meth:`without_flow`), tail, funnel, affine and non-centering layers."""
+        """The flow (unless :meth:`without_flow`), tail, affine and non-centering layers."""
         layers: list[Transform] = [self.flow] if self._use_flow else []
         if self._tail_layer:
             layers.append(self.tails)
-        if self._funnel_layer:
-            layers.append(self.funnel)
         if self._warm_start is None:
             layers.append(AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1))
         else:
@@ -428,25 +426,23 @@ class AutoFlow(AutoContinuous):
 
     @contextmanager
     def without_flow(self) -> Iterator[None]:
-        r"""Run the guide without its flow: the affine map (and the funnel layer) alone.
+        r"""Run the guide without its flow: the tail, affine and non-centering layers alone.
 
-        For a cheap first stage: fit the base, the affine map and the funnel layer (no ODE
-        solves), then the whole guide from there. An :class:`AutoCNF`'s flow starts as the
-        identity, so its second stage starts from exactly the guide the first one fitted
-        (other registry flows start near the identity, not at it). Inside the block the
-        flow's parameters are not used (an optimizer sees none of them).
+        Inside the block the flow's parameters are not used (an optimizer sees none of them)
+        and no ODE is solved. An :class:`AutoCNF`'s flow starts as the identity, so a fit
+        continued with the flow starts from exactly the guide fitted without it.
 
         Example:
             >>> import pyro
             >>> pyro.clear_param_store()
             >>> def model():
             ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-            >>> guide = AutoCNF(model, hidden_dims=(8, 8), funnel_layer=True)
+            >>> guide = AutoCNF(model, hidden_dims=(8, 8))
             >>> with guide.without_flow():
             ...     draw = guide()  # builds the guide, draws without an ODE solve
             ...     transforms = guide.get_transform()
             >>> [type(t).__name__ for t in transforms]
-            ['LogLinearAutoregressive', 'AffineTransform']
+            ['ExponentialTails', 'LowerCholeskyAffine']
         """
         previous, self._use_flow = self._use_flow, False
         try:
@@ -508,69 +504,56 @@ class AutoFlow(AutoContinuous):
 
 
 class AutoCNF(AutoFlow):
-    r"""A continuous-normalizing-flow guide: :class:`AutoFlow` with a :class:`~pyro_cnf.CNF`.
+    r"""A continuous-normalizing-flow guide: the recommended guide, with the best defaults on.
 
-    The CNF's last layer starts at zero, so a fresh guide is exactly the diagonal Normal
-    :math:`\mathcal N(\mu, \sigma^2)` at the init location; the field then learns the
-    non-Gaussian part. Each SVI step makes one ODE solve (sampling and scoring share it).
+    ``AutoCNF(model)`` in a plain Pyro ``SVI`` loop starts at the Laplace approximation where
+    the posterior has one, non-centers the model's hierarchical location-scale sites, gives each
+    coordinate learnable exponential tails, and learns the rest with a
+    :class:`~pyro_cnf.CNF` (see the module docs):
+
+    .. math:: \theta = N\bigl(\hat u + L\, g(z_T)\bigr), \qquad
+        z_T = \epsilon + \int_0^1 v(z_t, t)\,dt, \qquad \epsilon \sim \mathcal N(0, I).
+
+    The field :math:`v` starts at zero, so a fresh guide is exactly the Gaussian of its affine
+    map. Each SVI step makes one ODE solve (sampling and scoring share it) with dopri5 at
+    ``rtol=1e-3, atol=1e-4``; after ``guide.eval()`` draws and their log-densities come from the
+    tighter ``eval_solver`` (dopri5 at 1e-6, every draw held to it), which is what
+    :func:`~pyro_cnf.importance_diagnostics` and ``Predictive`` then use.
 
     Arguments:
         model: A Pyro model with continuous latent sites.
-        init_loc_fn: Per-site initialisation of :math:`\mu`.
-        init_scale: Initial :math:`\sigma`.
+        init_loc_fn: Per-site start of the Laplace search (default ``init_to_median``).
+        init_scale: Initial diagonal scale where the posterior has no Laplace approximation.
         num_quantile_samples: Draws for :meth:`median` and :meth:`quantiles`.
-        base_df: ``None`` for a standard-normal base, or the initial degrees of freedom of a
-            heavy-tailed Student-t base (see :class:`AutoFlow`).
-        funnel_layer: Add a :class:`~pyro_cnf.transforms.LogLinearAutoregressive` layer after
-            the CNF, for centered hierarchical models (see :class:`AutoFlow`).
-        noncentered: Non-center the model's location-scale sites inside the guide (``True``
-            or site names; see :class:`AutoFlow`).
-        tail_layer: Add an :class:`~pyro_cnf.transforms.ExponentialTails` layer after the
-            CNF (see :class:`AutoFlow`).
-        warm_start: ``None``, or ``"laplace"`` to start at the Laplace approximation with a
-            full scale (see :class:`AutoFlow`): for posteriors far from the prior median or
-            strongly correlated, e.g. regressions on unscaled predictors; a funnel without a
-            mode falls back to the default start with a warning.
-        **cnf_kwargs: Options of :func:`~pyro_cnf.cnf`: ``hidden_dims`` (default ``(64, 64)``:
-            with two hidden layers the fused exact trace costs one extra :math:`O(BH^2)` product
-            whatever the latent dimension; three cost two :math:`O(BdH^2)`), ``activation``, ``T``,
-            ``divergence``, ``solver`` (training), ``eval_solver`` (after ``guide.eval()``),
-            ``regularization``, ``gated``.
+        noncentered: ``"auto"`` (default: the sites whose loc or scale depends on other latent
+            sites), ``True``, ``False`` or site names; name the sites to keep a group whose
+            data dominate its prior centered.
+        tail_layer: Learnable exponential tails (default ``True``); ``False`` only to compare.
+        warm_start: ``"auto"`` (default), ``"laplace"`` (warn where there is no Laplace
+            approximation) or ``None`` (start at the init location, diagonal scale).
+        **cnf_kwargs: Options of :func:`~pyro_cnf.cnf`. Defaults: ``hidden_dims=(32, 32)``,
+            ``gated=True`` (a multiplicative term that rescales coordinates),
+            ``solver=Solver(rtol=1e-3, atol=1e-4)`` (training); also ``activation``, ``T``,
+            ``divergence``, ``eval_solver``, ``regularization``. A wider field
+            (``hidden_dims=(64, 64)``) for posteriors far from Gaussian after non-centering.
 
-    Which settings for which posterior (measured in ``docs/benchmarks.md``): for funnels and
-    hierarchical models (centered eight schools, Neal's funnel) and curved ones (the banana),
-    ``gated=True`` with an adaptive training solver, e.g. ``solver=Solver(rtol=1e-3,
-    atol=1e-4)``. For a centered hierarchical model add ``noncentered=True``,
-    ``tail_layer=True`` and ``funnel_layer=True``, and fit first without the flow
-    (:meth:`~AutoFlow.without_flow`, no ODE solves): on centered eight schools 1500 such steps
-    and 3000 with the flow gave KL 0.020-0.024, Pareto :math:`\hat k` 0.40-0.48 (medians over
-    draw seeds), the guide's own mean of :math:`\tau` within 0.05 of exact and its sd 3-6 %
-    short on each of three fits, in 5.5-7.5 minutes of fit on one core, where the learned
-    funnel layer alone (with a Student-t base, ``base_df=5.0``, and an inclusive polish)
-    stayed at :math:`\hat k` 0.50-0.62 after 11 minutes (1000-1500 steps with the flow left
-    the sd of :math:`\tau` 6-15 % short on some fits); for several modes, anneal
-    (:func:`~pyro_cnf.fit_svi`'s ``anneal_steps``). To finish,
-    *polish*: a second :func:`~pyro_cnf.fit_svi` call of a few hundred steps with many
-    particles (e.g. ``Trace_ELBO(num_particles=256, vectorize_particles=True)``) at a small
-    constant learning rate (e.g. ``ClippedAdam({"lr": 5e-4})``) takes out the optimizer's noise
-    floor, which is most of the KL left once the guide has the posterior's shape. With
-    ``loss=InclusiveKL(num_particles=256, reverse_weight=0.5)`` instead, that stage also pays
-    for posterior mass the guide misses (:class:`~pyro_cnf.InclusiveKL`; the ELBO barely sees
-    it): on centered eight schools it brought :math:`E[\tau]` from the guide's own draws to
-    within 0.09-0.13 of exact (0.18 with the ELBO), at about 2.5x the cost of an ELBO step.
-    A wider field buys KL with time: ``hidden_dims=(128, 128)`` took centered eight schools
-    from a KL of 0.09 to 0.055 at 2.5-3x the fit time, without lowering its Pareto
-    :math:`\hat k` (0.53-0.63 against 0.48-0.74 for ``(64, 64)``): check :math:`\hat k` with
-    :func:`~pyro_cnf.importance_diagnostics` and use its resampled draws where it is high.
+    On a posterior of tens of dimensions each step is a few hundred small tensor operations:
+    call ``torch.set_num_threads(1)`` first. A second OpenMP thread gains nothing on such
+    tensors, and when another process keeps a core busy it makes every operation wait.
 
     Example:
         >>> import pyro
+        >>> from pyro.infer import SVI, Trace_ELBO
         >>> pyro.clear_param_store()
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        >>> guide = AutoCNF(model, hidden_dims=(16, 16))
-        >>> guide()["x"].shape
-        torch.Size([2])
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = AutoCNF(model)
+        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 5e-3}), Trace_ELBO())
+        >>> loss = svi.step(torch.tensor([1.0, 2.0]))
+        >>> sorted(guide(torch.tensor([1.0, 2.0])))
+        ['mu']
     """
 
     def __init__(
@@ -579,22 +562,20 @@ class AutoCNF(AutoFlow):
         init_loc_fn: Callable[..., Any] = init_to_median,
         init_scale: float = 0.1,
         num_quantile_samples: int = 4096,
-        base_df: float | None = None,
-        funnel_layer: bool = False,
-        noncentered: bool | Sequence[str] = False,
-        tail_layer: bool = False,
-        warm_start: str | None = None,
+        noncentered: bool | str | Sequence[str] = "auto",
+        tail_layer: bool = True,
+        warm_start: str | None = "auto",
         **cnf_kwargs: Any,
     ) -> None:
-        cnf_kwargs.setdefault("hidden_dims", (64, 64))
+        cnf_kwargs.setdefault("hidden_dims", (32, 32))
+        cnf_kwargs.setdefault("gated", True)
+        cnf_kwargs.setdefault("solver", TRAINING_SOLVER)
         super().__init__(
             model,
             "cnf",
             init_loc_fn,
             init_scale,
             num_quantile_samples,
-            base_df,
-            funnel_layer,
             noncentered,
             tail_layer,
             warm_start,
