@@ -2,7 +2,7 @@
 
 ::
 
-    pyro-cnf demo                           # AutoCNF vs AutoNormal on eight schools, a few minutes
+    pyro-cnf demo                           # AutoCNF vs AutoNormal on eight schools, ~2 minutes
     pyro-cnf list                           # the examples (--guides: the guide names too)
     pyro-cnf run eight_schools --steps 500 --guide cnf,mvn --seed 1 --out results/
     pyro-cnf run funnel --help              # an example's own options
@@ -30,7 +30,7 @@ __all__ = ["main"]
 
 _EPILOG = """\
 examples:
-  pyro-cnf demo                          fit AutoCNF and AutoNormal to eight schools (a few minutes)
+  pyro-cnf demo                          fit AutoCNF and AutoNormal to eight schools (~2 minutes)
   pyro-cnf list                          the examples
   pyro-cnf run eight_schools --smoke     a run of a few seconds
   pyro-cnf run funnel --steps 1000 --guide cnf,normal --seed 1 --out results/funnel
@@ -57,7 +57,7 @@ def _parser() -> ExampleParser:
     commands.required = True
     commands.add_parser(
         "demo",
-        help="fit a CNF guide to eight schools and show its diagnostics (a few minutes)",
+        help="fit a CNF guide to eight schools and show its diagnostics (~2 minutes)",
         description="Fit AutoCNF and AutoNormal to the centered eight schools model (real data) "
         "for 1500 steps each, then compare both with the exact answer: KL(q||p), Pareto k-hat, "
         "E and sd of tau. Accepts every option of 'pyro-cnf run eight_schools' (see its --help).",
@@ -112,8 +112,9 @@ def _dispatch(args: Any, extra: list[str]) -> int:
         from .examples.eight_schools import DEMO_ARGS
 
         print(
-            "pyro-cnf demo: AutoCNF and AutoNormal on the centered eight schools model, 1500 SVI "
-            "steps each, then importance diagnostics against the exact answer (a few minutes)",
+            "pyro-cnf demo: AutoCNF and AutoNormal on the centered eight schools model, 2000 SVI "
+            "steps each, then importance diagnostics against the exact answer (about two "
+            "minutes)",
             file=sys.stderr,
             flush=True,
         )

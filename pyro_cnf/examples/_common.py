@@ -28,7 +28,6 @@ from ..infer import AutoCNF, AutoFlow, FitError, FitResult, ImportanceDiagnostic
 from ..infer import importance_diagnostics as _importance_diagnostics
 from ..infer.diagnostics import exact_scoring
 from ..models import get_model
-from ..ode import Solver
 from ..transforms.registry import flow_names
 
 __all__ = [
@@ -173,29 +172,15 @@ def parse_guides(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class GuideSettings:
-    """How one guide is built and fitted.
+    """How one guide is fitted: learning rate, particles, initial scale, annealed fraction.
 
-    ``cnf_rk4_steps = 0`` trains the CNF with the adaptive ``dopri5`` at ``cnf_rtol``,
-    ``cnf_atol`` (needed by ``cnf_gated``); ``anneal_fraction`` of the steps anneal the target
-    (``fit_svi``'s ``anneal_steps``). ``cnf_funnel_layer``, ``cnf_noncentered`` and
-    ``cnf_tail_layer`` are ``AutoCNF``'s ``funnel_layer``, ``noncentered`` and ``tail_layer``,
-    and ``flowless_steps`` steps without the flow (``guide.without_flow()``) come first; the
-    reported fit time and losses include them.
+    ``anneal_fraction`` of the steps anneal the target (``fit_svi``'s ``anneal_steps``).
+    ``AutoCNF`` is always built with its defaults, ``AutoCNF(model)``.
     """
 
     lr: float = 0.01
     particles: int = 16
     init_scale: float = 0.1
-    cnf_hidden: tuple[int, ...] = (64, 64)
-    cnf_rk4_steps: int = 8
-    cnf_rtol: float = 1e-5
-    cnf_atol: float = 1e-5
-    cnf_gated: bool = False
-    cnf_base_df: float | None = None
-    cnf_funnel_layer: bool = False
-    cnf_noncentered: bool = False
-    cnf_tail_layer: bool = False
-    flowless_steps: int = 0
     anneal_fraction: float = 0.0
 
 
@@ -204,28 +189,14 @@ def default_settings(guide: str) -> GuideSettings:
     if guide in ("normal", "mvn"):
         return GuideSettings(lr=0.01)
     if guide == "cnf":
-        return GuideSettings(lr=0.01, particles=16)
+        return GuideSettings(lr=0.01, particles=4)
     return GuideSettings(lr=0.005)
 
 
 def make_guide(guide: str, model: Callable[..., Any], settings: GuideSettings) -> Any:
     """Build the guide called ``guide`` (see :func:`guide_names`) for ``model``."""
     if guide == "cnf":
-        return AutoCNF(
-            model,
-            hidden_dims=settings.cnf_hidden,
-            init_scale=settings.init_scale,
-            solver=(
-                Solver("rk4", steps=settings.cnf_rk4_steps)
-                if settings.cnf_rk4_steps
-                else Solver(rtol=settings.cnf_rtol, atol=settings.cnf_atol)
-            ),
-            gated=settings.cnf_gated,
-            base_df=settings.cnf_base_df,
-            funnel_layer=settings.cnf_funnel_layer,
-            noncentered=settings.cnf_noncentered,
-            tail_layer=settings.cnf_tail_layer,
-        )
+        return AutoCNF(model)
     if guide == "normal":
         return AutoNormal(model, init_scale=settings.init_scale)
     if guide == "mvn":
@@ -321,26 +292,6 @@ def run_guide(
         vectorize_particles=True,
         max_plate_nesting=plate_nesting(model),
     )
-    first = None
-    if settings.flowless_steps:
-        if progress:
-            print(
-                f"fitting {guide_name} without its flow ({settings.flowless_steps} steps)",
-                file=sys.stderr,
-                flush=True,
-            )
-        with guide.without_flow():
-            first = fit_svi(
-                model,
-                guide,
-                num_steps=settings.flowless_steps,
-                optimizer=pyro.optim.ClippedAdam(
-                    {"lr": settings.lr, "lrd": 0.1 ** (1 / settings.flowless_steps)}
-                ),
-                loss=loss,
-                seed=seed,
-                progress=progress,
-            )
     if progress:
         print(f"fitting {guide_name} ({steps} steps)", file=sys.stderr, flush=True)
     fit = fit_svi(
@@ -353,13 +304,6 @@ def run_guide(
         seed=seed,
         progress=progress,
     )
-    if first is not None:  # one record of both stages
-        fit = FitResult(
-            first.losses + fit.losses,
-            first.betas + fit.betas,
-            first.num_steps + fit.num_steps,
-            first.wall_time + fit.wall_time,
-        )
     diagnostics = _importance_diagnostics(model, guide, num_samples=num_samples, seed=seed)
     draws = guide_draws(model, guide, sites, num_samples)
     return GuideRun(guide_name, guide, fit, diagnostics, draws, settings)
@@ -760,11 +704,30 @@ def run_guide_comparison(
     return finish(model, runs, report, out, figures, num_samples, args.seed)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Use one intra-op thread inside the block, restoring the count after it.
+
+    The examples' tensors are small (tens of dimensions, a few particles): a second OpenMP
+    thread gains nothing on them, and when another process keeps a core busy it makes each
+    operation wait for the busy core, which slowed a field evaluation 70x on a 2-core machine.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_main(body: Callable[[], int]) -> int:
-    """Run an example's body; a user-fixable problem becomes one line on stderr and status 1."""
+    """Run an example's body in float64 on one thread (:func:`one_thread`).
+
+    A user-fixable problem becomes one line on stderr and status 1.
+    """
     start = time.perf_counter()
     try:
-        with float64():
+        with float64(), one_thread():
             status = body()
     except ExampleError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,19 +17,8 @@ Run::
     pyro-cnf run energies --guide cnf,realnvp --targets u1,u2
     python examples/energies.py --smoke                    # seconds
 
-Headline numbers (``pyro-cnf run energies``: AutoCNF, 1500 steps per target, U1 annealed over
-the first 750, seed 0, S = 10^4, float64, one thread of the 2-core reference machine shared with
-two other jobs, 17 minutes in all):
-
-========  ======  ======  =====  ================  ===========  ======
-target    KL      k-hat   ESS    log Z (IS)        log Z exact  fit s
-========  ======  ======  =====  ================  ===========  ======
-banana    0.144   1.25    7083   -0.107 ± 0.006    0            97
-u1        0.041   0.04    9453   -2.881 ± 0.002    -2.879       126
-u2        0.587   0.84    4111   -2.783 ± 0.012    -2.323       132
-u3        0.775   1.14    144    -2.125 ± 0.083    -1.768       155
-u4        0.586   0.88    976    -2.169 ± 0.030    -1.736       158
-========  ======  ======  =====  ================  ===========  ======
+Every guide is built with its defaults (``AutoCNF(model)``) and fitted in the same SVI loop;
+the report prints each guide's numbers.
 
 Reverse KL is mode-seeking. On :math:`U_1` (two symmetric halves of a ring) a fit from a narrow
 start keeps one half (KL 0.70, the :math:`\log 2 = 0.693` of missing one of two equal halves);
@@ -37,7 +26,7 @@ annealing (``fit_svi(anneal_steps=...)``: the tempered target :math:`p^\beta`, :
 from 0.01 to 1) keeps both, and the figure shows them. On :math:`U_2`–:math:`U_4` the guide
 follows one to two periods of ridges that the wide prior spreads over many (not annealed: from
 :math:`\beta = 0.01` their weak prior makes the tempered target forty times wider, and those
-fits failed). The banana needs the gated field (``docs/benchmarks.md``: KL 0.014, k-hat 0.36).
+fits failed).
 
 Reference: D. J. Rezende and S. Mohamed, *Variational inference with normalizing flows*, ICML
 2015, https://arxiv.org/abs/1505.05770.

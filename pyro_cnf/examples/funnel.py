@@ -15,23 +15,8 @@ Run::
     pyro-cnf run funnel                       # cnf, normal, pyro-iaf; 1500 steps
     python examples/funnel.py --smoke         # seconds
 
-Headline numbers (``pyro-cnf run funnel``: 1500 steps per guide, seed 0, S = 10^4, float64, one
-thread of the 2-core reference machine shared with two other jobs, 26 minutes in all):
-
-==========  ======  ======  ========  =========  ======
-guide       KL      k-hat   sd v (q)  sd v (IS)  fit s
-==========  ======  ======  ========  =========  ======
-cnf         0.071   0.50    2.801     2.893      1130
-normal      1.873   0.97    0.476     0.830      13
-pyro-iaf    0.651   0.83    1.482     2.439      16
-exact       0               3         3
-==========  ======  ======  ========  =========  ======
-
-AutoCNF here is the gated field (``AutoCNF(gated=True)``, trained with the adaptive dopri5): it
-reaches into the neck (ESS 7524 of 10^4, log Z −0.009 ± 0.006 against 0), where the Gaussian
-guide and Pyro's IAF do not (k-hat 0.97, 0.83). Its fit time is that of the adaptive solves
-(about 530 s on an idle core; ``docs/benchmarks.md`` has the same settings, with another
-random stream, at KL 0.031).
+Every guide is built with its defaults (``AutoCNF(model)``) and fitted in the same SVI loop;
+``docs/benchmarks.md`` has AutoCNF's numbers across fit seeds.
 """
 
 from __future__ import annotations
@@ -66,10 +51,6 @@ def _settings(guide: str, smoke: bool) -> C.GuideSettings:
     settings = C.default_settings(guide)
     # the funnel's scales are 3 (v) and ~9.5 (x): start the affine part wide
     settings = C.GuideSettings(**{**settings.__dict__, "init_scale": 1.0})
-    if guide == "cnf":  # docs/benchmarks.md: the gated field reaches the neck (KL 0.031)
-        settings = C.GuideSettings(
-            lr=0.01, particles=32, init_scale=0.5, cnf_rk4_steps=0, cnf_gated=True
-        )
     if smoke:
         settings = C.GuideSettings(**{**settings.__dict__, "particles": 4})
     return settings
