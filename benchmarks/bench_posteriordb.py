@@ -6,8 +6,7 @@ Run by hand (not a test)::
     python benchmarks/bench_posteriordb.py --steps 50 --nuts-samples 50 --posteriors arK-arK  # smoke
 
 Protocol, the same for every guide (Pyro's ``AutoNormal``, ``AutoMultivariateNormal``,
-``AutoIAFNormal``; ``AutoFlow(model, "realnvp")``; ``AutoCNF(model)``, also with
-``warm_start="laplace"``), each with its defaults
+``AutoIAFNormal``; ``AutoFlow(model, "realnvp")``; ``AutoCNF(model)``), each with its defaults
 except ``init_loc_fn=init_to_median`` for ``AutoNormal`` (the others' default): a plain Pyro
 ``SVI`` loop of ``--steps`` steps, ``Trace_ELBO(num_particles=--particles,
 vectorize_particles=True)``, ``ClippedAdam`` at ``--lr`` decaying 10x over the run, seed
@@ -67,7 +66,6 @@ GUIDES = {
     "iaf": ("AutoIAFNormal", AutoIAFNormal),
     "realnvp": ('AutoFlow("realnvp")', lambda m: AutoFlow(m, "realnvp")),
     "cnf": ("AutoCNF", AutoCNF),
-    "cnf-laplace": ('AutoCNF(warm_start="laplace")', lambda m: AutoCNF(m, warm_start="laplace")),
 }
 
 
