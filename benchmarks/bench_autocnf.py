@@ -94,7 +94,7 @@ def fit_and_score(
     score_time = time.perf_counter() - start
     guide.eval()
     with torch.no_grad():
-        draws = Predictive(m.model, guide=guide, num_samples=args.draws)()
+        draws = Predictive(m.model, guide=guide, num_samples=args.draws, parallel=True)()
     ref = m.reference
     worst_mean = worst_sd = 0.0
     for site in ref.mean:
