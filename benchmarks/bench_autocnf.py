@@ -46,7 +46,7 @@ from pyro_cnf import AutoCNF, importance_diagnostics
 from pyro_cnf.models import get_model
 
 MODELS = {"eight_schools_centered": "tau", "funnel": "v", "banana": "x1"}
-TARGETS = {  # the bars: KL, k-hat, |E err|, |sd err| (relative)
+TARGETS = {  # accuracy bars: KL, k-hat, |E err|, |sd err| (relative)
     "eight_schools_centered": {"kl": 0.1, "khat": 0.5, "mean": 0.15, "sd": 0.10},
     "funnel": {"kl": 0.1, "sd": 0.05},
     "banana": {"kl": 0.05},
