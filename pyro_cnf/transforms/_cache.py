@@ -1,97 +1,162 @@
-"""A one-pair transform cache that notices when the transform has changed.
+"""The one key that decides whether a flow's cached ``(x, y, log|det|)`` still holds.
 
-Torch's transform cache (``cache_size=1``) returns the last output whenever it is called again on
-the same tensor object, even after an optimizer step has changed the parameters: a density
-estimation loop scoring the same data tensor every step then reuses the first step's result (and
-its freed graph). :class:`StampedCacheMixin` keeps torch's cache but drops it when it is stale.
+Every flow in this package caches its last pair so that sampling and then scoring the sample
+costs one pass (one ODE solve for a CNF). Torch's own transform cache returns the last output
+whenever it is called on the same tensor object, even after the parameters changed; a loop
+scoring one data tensor at every step would then reuse the first step's result and its freed
+graph. A cached pair here is used only under the :class:`CacheKey` it was made under, which
+records everything the result depends on:
+
+* the module's parameters as objects (walked at every call, so ``load_state_dict(...,
+  assign=True)`` or a reassigned parameter is seen), their version counters (in-place optimizer
+  steps) and a copy of their values (writes through ``.data``, which bump no version counter);
+* settings that are not parameters, from every submodule with a ``_cache_settings()`` method
+  (a CNF's integration time, solvers and trace estimator);
+* training mode and grad mode (a pair computed without grad is not reused with grad).
+
+Written by hand: torch and Pyro key their caches on the input tensor's identity alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["StampedCacheMixin", "cache_stamp", "is_stale", "stamp_parameters"]
+__all__ = ["CacheKey", "StampedCacheMixin", "cache_key", "is_stale"]
 
 
-def stamp_parameters(module: torch.nn.Module) -> tuple[Tensor, ...]:
-    """The module's parameters, listed on first use and kept.
+class CacheKey(NamedTuple):
+    """What a cached result depends on (see the module docstring)."""
 
-    Walking the module tree at every call costs more than the transform itself for small flows.
-    The kept list stays right under ``.to()``, ``load_state_dict`` and optimizer steps (they
-    update parameters in place). Parameters added to a module after its first call are not
-    watched.
+    training: bool
+    grad: bool
+    tensors: tuple[Tensor, ...]
+    versions: tuple[int, ...]
+    values: tuple[Tensor, ...]
+    settings: tuple[Any, ...]
+
+
+def _snapshot(params: list[Tensor]) -> tuple[Tensor, ...]:
+    """A copy of the parameters' values: one flat tensor per dtype and device (one op each)."""
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for p in params:
+        groups.setdefault((p.dtype, p.device), []).append(p.data.reshape(-1))
+    return tuple(torch.cat(group) for group in groups.values())
+
+
+_structure_generation = 0
+
+
+def _structure_changed(*_: Any) -> None:
+    global _structure_generation
+    _structure_generation += 1
+
+
+# Any parameter or submodule registered anywhere (a new module, ``module.w = nn.Parameter(...)``,
+# ``load_state_dict(..., assign=True)``) may change a flow's parameter list: walk it again then.
+torch.nn.modules.module.register_module_parameter_registration_hook(_structure_changed)
+torch.nn.modules.module.register_module_module_registration_hook(_structure_changed)
+
+
+def _parameters_and_settings(module: torch.nn.Module) -> tuple[list[Tensor], list[Any]]:
+    """Every parameter of the module tree, and every submodule's ``_cache_settings()``.
+
+    The walk (which parameter slots and which submodules) is kept on the module until a
+    parameter or module is registered anywhere; the parameters are read from their slots at
+    every call, so one replaced in ``module._parameters`` directly (as ``pyro.module`` does) is
+    seen too.
     """
-    cached = module.__dict__.get("_stamp_parameter_list")
-    if cached is None:
-        cached = tuple(module.parameters())
-        module.__dict__["_stamp_parameter_list"] = cached
-    return cached
+    kept = module.__dict__.get("_cache_walk")
+    if kept is None or kept[0] != _structure_generation:
+        slots: list[tuple[dict[str, Any], str]] = []
+        with_settings: list[Any] = []
+        for m in module.modules():
+            slots.extend((m._parameters, name) for name in m._parameters)
+            if hasattr(type(m), "_cache_settings"):
+                with_settings.append(m)
+        kept = (_structure_generation, slots, with_settings)
+        module.__dict__["_cache_walk"] = kept
+    params = [p for p in (slot[name] for slot, name in kept[1]) if p is not None]
+    return params, [m._cache_settings() for m in kept[2]]
 
 
-Stamp = tuple[bool, bool, tuple[int, ...]]
+def cache_key(module: torch.nn.Module, extra: Iterable[Tensor] = ()) -> CacheKey:
+    """The key of a result computed now by ``module`` (and from the tensors in ``extra``)."""
+    params, settings = _parameters_and_settings(module)
+    tensors = (*params, *extra)
+    return CacheKey(
+        module.training,
+        torch.is_grad_enabled(),
+        tensors,
+        tuple(t._version for t in tensors),
+        _snapshot(params),
+        tuple(settings),
+    )
 
 
-def cache_stamp(module: torch.nn.Module, tensors: Iterable[Tensor] | None = None) -> Stamp:
-    """What a cached result depends on: training mode, grad mode, parameter versions."""
-    tensors = stamp_parameters(module) if tensors is None else tensors
-    return module.training, torch.is_grad_enabled(), tuple(t._version for t in tensors)
-
-
-def is_stale(old: Stamp, new: Stamp) -> bool:
+def is_stale(old: CacheKey, new: CacheKey) -> bool:
     """Whether a result cached under ``old`` is wrong under ``new``.
 
-    It is when the module changed mode or parameters, or a graph is needed now and was not built.
+    It is when anything in the key changed, or a graph is needed now and was not built.
     """
-    return old[0] != new[0] or old[2] != new[2] or (new[1] and not old[1])
+    return (
+        old.training != new.training
+        or (new.grad and not old.grad)
+        or len(old.tensors) != len(new.tensors)
+        or any(a is not b for a, b in zip(old.tensors, new.tensors, strict=True))
+        or old.versions != new.versions
+        or old.settings != new.settings
+        or len(old.values) != len(new.values)
+        or not all(torch.equal(a, b) for a, b in zip(old.values, new.values, strict=True))
+    )
 
 
 class StampedCacheMixin:
-    """Drop torch's cached ``(x, y)`` when it no longer describes the transform.
+    """Keep torch's cached ``(x, y)`` only while :func:`cache_key` of the transform is unchanged.
 
-    The cache is stale after a change of any tensor in :meth:`_stamp_tensors` (an in-place
-    optimizer step bumps their version counters), a switch between ``.train()`` and ``.eval()``
-    of :meth:`_stamp_module`, or for a grad-enabled call when the pair was computed without grad.
     Put it before the transform class in the bases; it calls ``clear_cache()`` (Pyro's patch of
-    ``Transform``, or an override) to drop the cache.
+    ``Transform``, or an override) to drop a stale pair. :meth:`_stamp_module` names the module
+    whose parameters the result depends on (a conditioned transform: its conditional parent) and
+    :meth:`_stamp_extra` any other tensors (its context).
     """
 
-    _cache_stamp: tuple[Any, ...] | None = None
+    _cache_stamp: CacheKey | None = None
     _cached_x_y: tuple[Any, Any]
 
     def _stamp_module(self) -> torch.nn.Module:
         return self  # type: ignore[return-value]
 
-    def _stamp_tensors(self) -> Iterable[Tensor]:
-        return stamp_parameters(self._stamp_module())
+    def _stamp_extra(self) -> Iterable[Tensor]:
+        return ()
 
-    def _current_stamp(self) -> Stamp:
-        return cache_stamp(self._stamp_module(), self._stamp_tensors())
+    def _current_stamp(self) -> CacheKey:
+        return cache_key(self._stamp_module(), self._stamp_extra())
 
-    def _drop_stale_cache(self) -> None:
+    def _drop_stale_cache(self) -> CacheKey:
+        """Clear the cache if it no longer holds; return the current key (to store with a result)."""
+        key = self._current_stamp()
         old = self._cache_stamp
-        if old is None:
-            return
-        if is_stale(old, self._current_stamp()):
+        if old is not None and is_stale(old, key):
             self.clear_cache()  # type: ignore[attr-defined]
             self._cache_stamp = None
+        return key
 
     def __call__(self, x: Tensor) -> Tensor:
         """The forward map, answered from the cache when ``x`` is the last input and nothing changed."""
-        self._drop_stale_cache()
+        key = self._drop_stale_cache()
         hit = x is self._cached_x_y[0]
         y = super().__call__(x)  # type: ignore[misc]
         if not hit:
-            self._cache_stamp = self._current_stamp()
+            self._cache_stamp = key
         return y
 
     def _inv_call(self, y: Tensor) -> Tensor:
-        self._drop_stale_cache()
+        key = self._drop_stale_cache()
         hit = y is self._cached_x_y[1]
         x = super()._inv_call(y)  # type: ignore[misc]
         if not hit:
-            self._cache_stamp = self._current_stamp()
+            self._cache_stamp = key
         return x

@@ -29,7 +29,7 @@ from .._checks import check_context, check_positive_int, check_vector
 from ..divergence import Divergence, Exact
 from ..nn import MLPField
 from ..ode import Solver, solve
-from ._cache import Stamp, cache_stamp, is_stale
+from ._cache import CacheKey, cache_key, is_stale
 
 __all__ = ["CNF", "ConditionalCNF", "SolveStats", "cnf", "conditional_cnf"]
 
@@ -131,6 +131,10 @@ class _CNFBase(nn.Module):
         self.stats = SolveStats()
         self.regularization_terms: dict[str, Tensor] = {}
 
+    def _cache_settings(self) -> tuple[Any, ...]:
+        """What a solve depends on besides parameters (part of the cache key)."""
+        return (self.T, self.solver, self.eval_solver, self.divergence, self.regularization)
+
     def extra_repr(self) -> str:
         return (
             f"input_dim={self.input_dim}, T={self.T}, divergence={self.divergence}, "
@@ -181,11 +185,10 @@ class _CachedSolveMixin:
     """Transform methods for a CNF: one solve per call, cached with its log-det.
 
     The cache holds the last ``(x, y, log|det|)`` and answers a call on the same tensor object
-    (``x`` for the forward map, ``y`` for the inverse) without solving. Unlike torch's own
-    transform cache it is invalidated when the flow changes: an optimizer step on its parameters
-    (their version counters), a switch between ``.train()`` and ``.eval()`` (different solvers),
-    or a grad-enabled call after a ``no_grad`` one. So scoring the same data tensor at every
-    training step is correct.
+    (``x`` for the forward map, ``y`` for the inverse) without solving, only while the flow is
+    unchanged (:func:`~pyro_cnf.transforms._cache.cache_key`: parameters, their values, ``T``,
+    the solvers, train/eval and grad mode). So scoring the same data tensor at every training
+    step is correct.
     """
 
     domain = constraints.real_vector
@@ -201,33 +204,40 @@ class _CachedSolveMixin:
     def _owner(self) -> _CNFBase:
         raise NotImplementedError
 
-    def _stamp(self) -> Stamp:
-        return cache_stamp(self._owner())
+    def _stamp(self) -> CacheKey:
+        return cache_key(self._owner(), self._stamp_extra())
 
-    def _lookup(self, x: Tensor | None, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:
+    def _stamp_extra(self) -> tuple[Tensor, ...]:
+        return ()
+
+    def _lookup(
+        self, x: Tensor | None, y: Tensor | None
+    ) -> tuple[CacheKey, tuple[Tensor, Tensor, Tensor] | None]:
+        """The current key, and the cached triple if it answers this call."""
+        key = self._stamp()
         cached_x, cached_y, ladj, stamp = self._solve_cache
         if cached_x is None or not (
             (x is not None and x is cached_x) or (y is not None and y is cached_y)
         ):
-            return None
-        if is_stale(stamp, self._stamp()):
-            return None
-        return cached_x, cached_y, ladj
+            return key, None
+        if is_stale(stamp, key):
+            return key, None
+        return key, (cached_x, cached_y, ladj)
 
     def __call__(self, x: Tensor) -> Tensor:
-        hit = self._lookup(x, None)
+        key, hit = self._lookup(x, None)
         if hit is not None:
             return hit[1]
         y, ladj = self._solve(x, inverse=False)
-        self._solve_cache = (x, y, ladj, self._stamp())
+        self._solve_cache = (x, y, ladj, key)
         return y
 
     def _inv_call(self, y: Tensor) -> Tensor:
-        hit = self._lookup(None, y)
+        key, hit = self._lookup(None, y)
         if hit is not None:
             return hit[0]
         x, ladj = self._solve(y, inverse=True)
-        self._solve_cache = (x, y, ladj, self._stamp())
+        self._solve_cache = (x, y, ladj, key)
         return x
 
     def _call(self, x: Tensor) -> Tensor:
@@ -238,11 +248,11 @@ class _CachedSolveMixin:
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """``log|det dy/dx|``: the cached value when ``x`` is the last solve's input or output, else a new solve."""
-        hit = self._lookup(x, None)  # the log-det is a function of x alone
+        key, hit = self._lookup(x, None)  # the log-det is a function of x alone
         if hit is not None:
             return hit[2]
         y_new, ladj = self._solve(x, inverse=False)
-        self._solve_cache = (x, y_new, ladj, self._stamp())
+        self._solve_cache = (x, y_new, ladj, key)
         return ladj
 
     def clear_cache(self) -> None:
@@ -349,6 +359,9 @@ class _ConditionedCNF(_CachedSolveMixin, Transform):
 
     def _owner(self) -> _CNFBase:
         return self.flow
+
+    def _stamp_extra(self) -> tuple[Tensor, ...]:
+        return (self.context,)
 
 
 class ConditionalCNF(_CNFBase, ConditionalTransformModule):

@@ -43,7 +43,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -56,7 +56,7 @@ from torch import Tensor
 from torch.distributions import Transform
 
 from .._checks import check_context, check_positive_int, check_vector
-from ._cache import StampedCacheMixin, stamp_parameters
+from ._cache import StampedCacheMixin
 
 __all__ = [
     "ConditionalInvertiblePlanar",
@@ -135,10 +135,8 @@ class _PairCacheMixin(StampedCacheMixin):
     def _stamp_module(self) -> torch.nn.Module:
         return self if self._owner is None else self._owner  # type: ignore[return-value]
 
-    def _stamp_tensors(self) -> Iterator[Tensor]:
-        yield from stamp_parameters(self._stamp_module())
-        if self._context is not None:
-            yield self._context
+    def _stamp_extra(self) -> tuple[Tensor, ...]:
+        return () if self._context is None else (self._context,)
 
     def _call(self, x: Tensor) -> Tensor:
         check_vector("input", x, self.input_dim, finite=False)
@@ -152,12 +150,12 @@ class _PairCacheMixin(StampedCacheMixin):
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """``log|det dy/dx|`` per point: cached for the last pair, else from a forward call on ``x``."""
-        self._drop_stale_cache()
+        key = self._drop_stale_cache()
         cached_x, cached_y, ladj = self._pair
         if x is cached_x and y is cached_y:
             return ladj
         self._call(x)
-        self._cache_stamp = self._current_stamp()
+        self._cache_stamp = key
         return self._pair[2]
 
     def clear_cache(self) -> None:

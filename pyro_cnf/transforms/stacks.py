@@ -243,18 +243,18 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
     def __call__(self, x: Tensor) -> Tensor:
         """The forward map (base -> data)."""
         check_vector("flow input", x, self.input_dim)
-        self._drop_stale_cache()
+        key = self._drop_stale_cache()
         cached_x, cached_y = self._cached_x_y
         if x is cached_x:
             return cached_y
         y = self._call(x)
         self._cached_x_y = x, y
-        self._cache_stamp = self._current_stamp()
+        self._cache_stamp = key
         return y
 
     def _inv_call(self, y: Tensor) -> Tensor:
         check_vector("flow output value", y, self.input_dim)
-        self._drop_stale_cache()
+        key = self._drop_stale_cache()
         cached_x, cached_y = self._cached_x_y
         if y is cached_y:
             return cached_x
@@ -262,7 +262,7 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
             raise NotImplementedError(self.inverse_error)
         x = self._inverse(y)
         self._cached_x_y = x, y
-        self._cache_stamp = self._current_stamp()
+        self._cache_stamp = key
         return x
 
     def clear_cache(self) -> None:
