@@ -243,11 +243,24 @@ def _released_draws(
         plate_dims = value.dim() - 1 - event_dims
         layout = (size,) + (1,) * (nesting - plate_dims) + tuple(value.shape[1:])
         data[name] = value.reshape(layout)
-    released = poutine.condition(_Release(list(draws.observed))(model), data=data)
-    with pyro.plate("_pyro_cnf_draws", size, dim=-(nesting + 1)):
-        trace = poutine.trace(released).get_trace(*args, **kwargs)
+    release = _Release(list(draws.observed))
+    if draws.vectorized:
+        released = poutine.condition(release(model), data=data)
+        with pyro.plate("_pyro_cnf_draws", size, dim=-(nesting + 1)):
+            trace = poutine.trace(released).get_trace(*args, **kwargs)
+        return {
+            name: _numpy(trace.nodes[name]["value"].reshape(size, *shape))[None]
+            for name, shape in sites.items()
+        }
+    # a model that is not vectorizable over draws (importance_draws found out): one run per draw
+    runs = [
+        poutine.trace(
+            poutine.condition(release(model), data={n: draws.values[n][s] for n in fixed})
+        ).get_trace(*args, **kwargs)
+        for s in range(size)
+    ]
     return {
-        name: _numpy(trace.nodes[name]["value"].reshape(size, *shape))[None]
+        name: _numpy(torch.stack([run.nodes[name]["value"].reshape(shape) for run in runs]))[None]
         for name, shape in sites.items()
     }
 

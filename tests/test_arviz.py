@@ -244,6 +244,34 @@ def test_posterior_predictive_and_prior_groups():
     assert abs(prior_y.std() - math.sqrt(PRIOR_SD**2 + 1)) < 0.1
 
 
+def test_a_model_that_is_not_vectorizable_converts_draw_by_draw():
+    def model():
+        w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.deterministic("s", w.sum())  # sums over the draws too when vectorized
+        pyro.sample("y", dist.Normal(w.sum(-1), 1.0), obs=torch.tensor(1.0))
+
+    def guide():  # the exact posterior: precision I + 11^T, mean 11^T y / 3
+        cov = torch.eye(2) - torch.ones(2, 2) / 3
+        pyro.sample("w", dist.MultivariateNormal(torch.full((2,), 1 / 3), cov))
+
+    with pytest.warns(UserWarning, match="not vectorizable over draws.*site 's'"):
+        data = pa.to_inference_data(
+            model, guide, num_samples=400, seed=0, posterior_predictive=True, prior=True
+        )
+    w, s = data.posterior["w"].values[0], data.posterior["s"].values[0]
+    assert np.allclose(s, w.sum(-1))
+    residual = data.posterior_predictive["y"].values[0] - s  # y_rep | w ~ N(w1 + w2, 1)
+    assert abs(residual.mean()) < 0.15 and abs(residual.std() - 1.0) < 0.1
+    prior_s = data.prior["s"].values[0]  # the prior of w1 + w2: N(0, 2)
+    assert np.allclose(prior_s, data.prior["w"].values[0].sum(-1))
+    assert abs(prior_s.std() - math.sqrt(2)) < 0.2
+    assert np.allclose(
+        data.log_likelihood["y"].values[0],
+        -0.5 * math.log(2 * math.pi) - 0.5 * (1 - s) ** 2,
+        atol=1e-5,
+    )
+
+
 # ArviZ 0.23's plots call a matplotlib helper the way matplotlib 3.11 deprecates (ArviZ's code).
 @pytest.mark.filterwarnings("ignore:Passing a dict or None as alias_mapping:DeprecationWarning")
 def test_arviz_tools_run_on_a_fitted_guide_and_netcdf_round_trips(tmp_path):

@@ -56,6 +56,73 @@ def test_log_evidence_matches_the_exact_value_within_three_standard_errors():
     assert result.khat_threshold == pytest.approx(min(1 - 1 / math.log10(20_000), 0.7))
 
 
+@pytest.mark.parametrize("subsample_size", [5, None])
+def test_a_subsampled_likelihood_is_refused_and_the_full_data_model_is_exact(subsample_size):
+    def subsampled_model(subsample_size=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", len(Y), subsample_size=subsample_size) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=Y[idx])
+
+    mean, sd, log_z = exact()
+
+    def exact_guide(subsample_size=None):
+        pyro.sample("mu", dist.Normal(mean, sd))
+
+    if subsample_size is not None:  # one minibatch's weights would be a different number
+        with pytest.raises(ValueError, match="'y' is in plate 'data' subsampled to 5 of 10"):
+            importance_diagnostics(subsampled_model, exact_guide, subsample_size, num_samples=100)
+        return
+    result = importance_diagnostics(subsampled_model, exact_guide, num_samples=100, seed=0)
+    assert result.log_evidence == pytest.approx(log_z, abs=1e-4)  # the exact guide: equal weights
+
+
+@pytest.mark.parametrize("where", ["deterministic", "likelihood"])
+def test_a_model_that_is_not_vectorizable_is_scored_draw_by_draw(where):
+    """``w.sum()`` sums over the draws too: a wrong shape, or worse, the right shape and wrong numbers."""
+    total = {"deterministic": lambda w: w.sum(-1), "likelihood": lambda w: w.sum()}
+
+    def model():
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        pyro.deterministic("s", w.sum() if where == "deterministic" else w.sum(-1))
+        pyro.sample("y", dist.Normal(total[where](w), 1.0), obs=torch.tensor(1.0))
+
+    # exact posterior: precision I + 11^T, mean 11^T y / 4; log Z = log N(y; 0, 4)
+    mean, covariance = torch.full((3,), 0.25), torch.eye(3) - torch.ones(3, 3) / 4
+
+    def guide():
+        pyro.sample("w", dist.MultivariateNormal(mean, covariance))
+
+    match = "'s' has shape" if where == "deterministic" else "draw 0: log p"
+    with pytest.warns(UserWarning, match=f"not vectorizable over draws.*{match}"):
+        result = importance_diagnostics(model, guide, num_samples=200, seed=0)
+    assert result.log_evidence == pytest.approx(
+        float(dist.Normal(0.0, 2.0).log_prob(torch.tensor(1.0))), abs=1e-4
+    )
+    assert torch.allclose(result.draws["s"], result.draws["w"].sum(-1))
+
+
+def test_an_exact_guide_of_a_float32_model_gets_a_light_tail():
+    """Float32 log-densities round the log-weights of an exact guide to a few values; k-hat
+    must still say the tail is light (it was inf), since the weights are in fact equal."""
+    data = torch.randn(1000, dtype=torch.float32) + 1.0
+    precision = 1.0 + len(data)
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float32), 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=data)
+
+    def guide():
+        mean = torch.tensor(float(data.sum()) / precision, dtype=torch.float32)
+        pyro.sample("mu", dist.Normal(mean, 1 / math.sqrt(precision)))
+
+    result = importance_diagnostics(model, guide, num_samples=2000, seed=0)
+    assert result.log_weights.dtype == torch.float64
+    assert result.khat < 0.5
+    assert result.ess > 0.99 * result.num_samples
+    assert pareto_khat(torch.zeros(2000)) == -math.inf  # equal weights: no tail at all
+
+
 def test_resampled_draws_recover_the_posterior_from_a_biased_guide():
     mean, sd, _ = exact()
     result = importance_diagnostics(model, gaussian_guide(0.8, 1.5), num_samples=20_000, seed=1)

@@ -16,6 +16,7 @@ are usable, above it the guide misses posterior mass.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.infer.util import plate_log_prob_sum
 from pyro.ops.stats import fit_generalized_pareto
-from pyro.poutine.util import site_is_subsample
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import Tensor
 
 from .._checks import check_positive_int
@@ -52,7 +53,10 @@ def pareto_khat(log_weights: Tensor) -> float:
         log_weights: Log importance weights, shape ``(S,)``.
 
     Returns:
-        :math:`\hat k` (``inf`` when fewer than 10 weights lie in the tail).
+        :math:`\hat k`: ``inf`` when fewer than 10 weights can form the tail (fewer than 50
+        draws, or a few weights far above the rest); ``-inf`` when the largest weights are equal
+        to within 0.1 % (no tail at all: the guide is the posterior up to rounding, as with
+        float32 log-densities of an exact guide).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -68,6 +72,8 @@ def pareto_khat(log_weights: Tensor) -> float:
     cutoff = max(math.log(1e-15), float(ordered[-tail_size - 1]))
     tail = ordered[ordered > cutoff]
     if tail.numel() < 10:
+        if tail_size >= 10 and float(ordered[-1] - ordered[-tail_size - 1]) < 1e-3:
+            return -math.inf
         return math.inf
     k, _ = fit_generalized_pareto(tail.exp() - math.exp(cutoff))
     return float(k)
@@ -173,13 +179,33 @@ def _is_likelihood(site: dict[str, Any]) -> bool:
     )
 
 
+def _check_full_data(trace: Any, role: str) -> None:
+    """Refuse a trace with a sample site in a subsampled plate: its log-density is not the model's.
+
+    A subsampled plate scales its sites' log-densities by ``size / subsample_size``, so a
+    log-weight built from one minibatch is a noisy estimate of a different quantity (log Z from
+    10 of 100 data points was off by 10 to 28 nats, with a tiny standard error).
+    """
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.full_size is not None and frame.full_size != frame.size:
+                raise ValueError(
+                    f"{role} site {name!r} is in plate {frame.name!r} subsampled to "
+                    f"{frame.size} of {frame.full_size}: importance weights, log-evidence and "
+                    "pointwise log-likelihoods need the full-data model; score the model "
+                    "without subsampling (subsample_size=None, or all the data passed in)"
+                )
+
+
 def _check_pointwise(name: str, site: dict[str, Any]) -> None:
     """Refuse observed sites whose pointwise log-likelihood is not one term per data point."""
     scale, mask = site["scale"], site["mask"]
     if not (isinstance(scale, (int, float)) and scale == 1.0):
         raise ValueError(
-            f"observed site {name!r} is scaled (a subsampled plate or poutine.scale): its "
-            "pointwise log-likelihood does not match the observed data"
+            f"observed site {name!r} is scaled (poutine.scale): its pointwise log-likelihood "
+            "does not match the observed data; pass log_likelihood=False"
         )
     if mask is not None and not (mask is True or (isinstance(mask, Tensor) and bool(mask.all()))):
         raise ValueError(
@@ -218,6 +244,8 @@ def _structure(
         ),
         default=0,
     )
+    _check_full_data(guide_trace, "guide")
+    _check_full_data(model_trace, "model")
     shapes = {
         name: tuple(site["value"].shape)
         for name, site in model_trace.nodes.items()
@@ -243,10 +271,144 @@ def _structure(
 
 
 def _per_draw(trace: Any, symbol: str | None, size: int) -> Tensor:
-    """The trace's (scaled) log-density of each of the ``size`` vectorized draws."""
+    """The trace's (scaled) log-density of each of the ``size`` vectorized draws, in float64."""
     if size == 1:  # Pyro packs away the size-1 particle dimension
-        return trace.log_prob_sum().reshape(1)
-    return plate_log_prob_sum(trace, symbol).reshape(size)
+        return trace.log_prob_sum().reshape(1).double()
+    return plate_log_prob_sum(trace, symbol).reshape(size).double()
+
+
+class _NotVectorized(Exception):
+    """The model gave a wrong shape or a wrong value under a leading draw dimension."""
+
+
+_Chunk = tuple[Tensor, Tensor, dict[str, Tensor]]  # log p, log q, {site or "log_lik:site": value}
+
+
+def _vectorize(fn: Callable[..., Any], size: int, nesting: int) -> Callable[..., Any]:
+    def vectorized(*args: Any, **kwargs: Any) -> Any:
+        with pyro.plate("num_particles_vectorized", size, dim=-(nesting + 1)):
+            return fn(*args, **kwargs)
+
+    return vectorized
+
+
+def _reshaped(name: str, value: Tensor, size: int, shape: tuple[int, ...]) -> Tensor:
+    if value.numel() != size * math.prod(shape):
+        raise _NotVectorized(
+            f"site {name!r} has shape {tuple(value.shape)} under {size} draws, not "
+            f"({size}, *{shape})"
+        )
+    return value.reshape(size, *shape)
+
+
+def _vectorized_chunk(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    size: int,
+    structure: _Structure,
+) -> _Chunk:
+    """``size`` draws scored in one vectorized pass (Pyro's ``vectorized_importance_weights``)."""
+    try:
+        _, model_trace, guide_trace = vectorized_importance_weights(
+            model, guide, *args, num_samples=size, max_plate_nesting=structure.nesting, **kwargs
+        )
+    except (RuntimeError, ValueError) as error:  # a shape error inside the model
+        raise _NotVectorized(str(error).splitlines()[0]) from error
+    symbol = guide_trace.plate_to_symbol.get("num_particles_vectorized")
+    values = {  # the particle dimension leads
+        name: _reshaped(name, model_trace.nodes[name]["value"], size, shape)
+        for name, shape in structure.shapes.items()
+    }
+    for name, shape in structure.log_lik_shapes.items():
+        unscaled = model_trace.nodes[name]["unscaled_log_prob"]
+        values[f"log_lik:{name}"] = _reshaped(name, unscaled, size, shape)
+    return _per_draw(model_trace, symbol, size), _per_draw(guide_trace, symbol, size), values
+
+
+def _score_one(
+    model: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    latent: dict[str, Tensor],
+    structure: _Structure,
+) -> _Chunk:
+    """One draw's log joint, deterministic sites and pointwise log-likelihood, by one model run."""
+    trace = poutine.trace(poutine.condition(model, data=latent)).get_trace(*args, **kwargs)
+    trace.compute_log_prob()
+    values = {name: trace.nodes[name]["value"] for name in structure.deterministic}
+    for name in structure.log_lik_shapes:
+        values[f"log_lik:{name}"] = trace.nodes[name]["unscaled_log_prob"]
+    return trace.log_prob_sum().double(), torch.zeros(()), values
+
+
+def _latent(values: dict[str, Tensor], structure: _Structure, s: int) -> dict[str, Tensor]:
+    return {
+        n: v[s]
+        for n, v in values.items()
+        if n in structure.shapes and n not in structure.deterministic
+    }
+
+
+def _check_vectorized(
+    model: Callable[..., Any], args: Any, kwargs: Any, chunk: _Chunk, structure: _Structure
+) -> None:
+    """Score the first two draws one at a time: the vectorized pass must agree with it.
+
+    A model that reduces over the draw dimension (``w.sum()``) can give the right shapes and
+    wrong numbers; this catches it.
+    """
+    log_joint, _, values = chunk
+    for s in range(min(2, log_joint.numel())):
+        joint, _, one = _score_one(model, args, kwargs, _latent(values, structure, s), structure)
+        if not torch.allclose(joint, log_joint[s], rtol=1e-4, atol=1e-4):
+            raise _NotVectorized(
+                f"draw {s}: log p = {float(log_joint[s]):.6g} vectorized, {float(joint):.6g} alone"
+            )
+        for name, value in one.items():
+            if not torch.allclose(
+                value.reshape(values[name][s].shape), values[name][s], rtol=1e-4, atol=1e-4
+            ):
+                raise _NotVectorized(
+                    f"site {name.removeprefix('log_lik:')!r} differs between a vectorized and a single run"
+                )
+
+
+def _sequential_chunk(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    size: int,
+    structure: _Structure,
+) -> _Chunk:
+    """``size`` guide draws in one vectorized guide pass, the model run once per draw."""
+    guide_trace = poutine.trace(_vectorize(guide, size, structure.nesting)).get_trace(
+        *args, **kwargs
+    )
+    guide_trace = prune_subsample_sites(guide_trace)
+    guide_trace.compute_log_prob()
+    guide_trace.pack_tensors()
+    symbol = guide_trace.plate_to_symbol.get("num_particles_vectorized")
+    log_q = _per_draw(guide_trace, symbol, size)
+    latent = {
+        name: guide_trace.nodes[name]["value"].reshape(size, *structure.shapes[name])
+        for name in structure.shapes
+        if name not in structure.deterministic
+    }
+    scored = [
+        _score_one(model, args, kwargs, _latent(latent, structure, s), structure)
+        for s in range(size)
+    ]
+    values = dict(latent)
+    for key in scored[0][2]:
+        name = key.removeprefix("log_lik:")
+        shape = (
+            structure.log_lik_shapes[name] if key.startswith("log_lik:") else structure.shapes[name]
+        )
+        values[key] = torch.stack([one[2][key].reshape(shape) for one in scored])
+    return torch.stack([one[0] for one in scored]), log_q, values
 
 
 @dataclass
@@ -266,6 +428,8 @@ class ImportanceDraws:
         event_dims: Number of event dimensions of each site of ``values`` (the rest of its shape
             are plate dimensions).
         max_plate_nesting: The number of plate dimensions model and guide use.
+        vectorized: Whether the model was scored in vectorized passes (``False``: it is not
+            vectorizable over a leading draw dimension and was run once per draw).
     """
 
     values: dict[str, Tensor] = field(repr=False)
@@ -276,6 +440,7 @@ class ImportanceDraws:
     deterministic: tuple[str, ...] = ()
     event_dims: dict[str, int] = field(default_factory=dict, repr=False)
     max_plate_nesting: int = 0
+    vectorized: bool = True
 
     @property
     def log_weights(self) -> Tensor:
@@ -321,9 +486,10 @@ def importance_draws(
         :class:`ImportanceDraws`.
 
     Raises:
-        ValueError: If ``num_samples < 2``, if a log-weight is not finite, or if
-            ``log_likelihood`` is asked of an observed site that is scaled or masked (it has no
-            pointwise log-likelihood).
+        ValueError: If ``num_samples < 2``, if a log-weight is not finite, if a site lies in a
+            subsampled plate (the weights would be a minibatch's), or if ``log_likelihood`` is
+            asked of an observed site that is scaled or masked (it has no pointwise
+            log-likelihood).
 
     Example:
         >>> import pyro.distributions as dist
@@ -354,19 +520,30 @@ def importance_draws(
         }
         log_joint: list[Tensor] = []
         log_q: list[Tensor] = []
+        sequential = False
         for start in range(0, num_samples, batch_size):
             size = min(batch_size, num_samples - start)
-            _, model_trace, guide_trace = vectorized_importance_weights(
-                model, guide, *args, num_samples=size, max_plate_nesting=structure.nesting, **kwargs
-            )
-            symbol = guide_trace.plate_to_symbol.get("num_particles_vectorized")
-            log_joint.append(_per_draw(model_trace, symbol, size))
-            log_q.append(_per_draw(guide_trace, symbol, size))
-            for name, shape in structure.shapes.items():  # the particle dimension leads
-                chunks[name].append(model_trace.nodes[name]["value"].reshape(size, *shape))
-            for name, shape in structure.log_lik_shapes.items():
-                site = model_trace.nodes[name]
-                chunks[f"log_lik:{name}"].append(site["unscaled_log_prob"].reshape(size, *shape))
+            if not sequential:
+                try:
+                    chunk = _vectorized_chunk(model, guide, args, kwargs, size, structure)
+                    if start == 0:
+                        _check_vectorized(model, args, kwargs, chunk, structure)
+                except _NotVectorized as error:
+                    sequential = True
+                    warnings.warn(
+                        f"the model is not vectorizable over draws ({error}); scoring the "
+                        f"{num_samples} draws one model run at a time (slower). Write the model "
+                        "for a leading draw dimension (e.g. w.sum(-1), not w.sum()) to score "
+                        "them in one pass",
+                        stacklevel=3,
+                    )
+            if sequential:
+                chunk = _sequential_chunk(model, guide, args, kwargs, size, structure)
+            joint, q, values = chunk
+            log_joint.append(joint)
+            log_q.append(q)
+            for key, value in values.items():
+                chunks[key].append(value)
     draws = ImportanceDraws(
         values={name: torch.cat(chunks[name]) for name in structure.shapes},
         log_joint=torch.cat(log_joint),
@@ -376,6 +553,7 @@ def importance_draws(
         deterministic=structure.deterministic,
         event_dims=structure.event_dims,
         max_plate_nesting=structure.nesting,
+        vectorized=not sequential,
     )
     log_w = draws.log_weights
     if not torch.isfinite(log_w).all():
@@ -415,6 +593,10 @@ def importance_diagnostics(
 
     Returns:
         :class:`ImportanceDiagnostics`.
+
+    Raises:
+        ValueError: If a site lies in a subsampled plate (score the full-data model instead), or
+            a log-weight is not finite.
 
     Example:
         >>> import pyro.distributions as dist
