@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
@@ -66,6 +67,7 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from pyro.nn import PyroParam
+from pyro.params.param_store import param_with_module_name
 from pyro.poutine.util import site_is_subsample
 from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
@@ -121,6 +123,13 @@ class AutoFlow(AutoContinuous):
         ValueError: On a discrete latent site, or a latent site inside a subsampled plate (its
             dimension would change with the subsample); both when the guide is first run.
 
+    **Saving and loading.** Every value the guide uses (the flow's parameters, the affine map,
+    the fixed warm-start factor) is in Pyro's param store, so
+    ``pyro.get_param_store().save(path)`` and, in a new session, ``load(path)`` before or after
+    the new guide's first call restore it exactly. ``guide.state_dict()`` works too: save it
+    with ``torch.save``, build and call the new guide once (to set it up), then
+    ``guide.load_state_dict(torch.load(path, weights_only=True))``.
+
     Example:
         >>> import pyro
         >>> pyro.clear_param_store()
@@ -129,6 +138,12 @@ class AutoFlow(AutoContinuous):
         >>> guide = AutoFlow(model, "realnvp", num_layers=2)
         >>> sorted(guide())
         ['x']
+        >>> state = guide.state_dict()
+        >>> pyro.clear_param_store()
+        >>> restored = AutoFlow(model, "realnvp", num_layers=2)
+        >>> _ = restored()  # set up, then load
+        >>> restored.load_state_dict(state)
+        <All keys matched successfully>
     """
 
     scale_constraint = constraints.softplus_positive
@@ -192,37 +207,49 @@ class AutoFlow(AutoContinuous):
         self._noncentered_sites = self._select_noncentered_sites(args, kwargs)
         if self._noncentered_sites:  # the affine map acts on the standardized coordinates
             init_loc = self._noncentering(args, kwargs).inv(init_loc)
-        self.loc = nn.Parameter(init_loc.detach())
-        self.scale = PyroParam(
-            self.loc.new_full((self.latent_dim,), self._init_scale), self.scale_constraint
-        )
+        init_loc = init_loc.detach()
+        init_scale = init_loc.new_full((self.latent_dim,), self._init_scale)
         if isinstance(self._flow_factory, str):
             flow = make_flow(self._flow_factory, self.latent_dim, **self._flow_kwargs)
         else:
             flow = self._flow_factory(self.latent_dim, **self._flow_kwargs)
-        self.flow = flow.to(dtype=self.loc.dtype) if isinstance(flow, nn.Module) else flow
+        self.flow = flow.to(dtype=init_loc.dtype) if isinstance(flow, nn.Module) else flow
         if self._tail_layer:
-            self.tails = ExponentialTails(self.latent_dim).to(dtype=self.loc.dtype)
+            self.tails = ExponentialTails(self.latent_dim).to(dtype=init_loc.dtype)
         if self._warm_start is not None:
-            self._laplace_start(args, kwargs)
+            laplace = self._laplace_start(init_loc, args, kwargs)
+            self.register_buffer("laplace_mode", None if laplace is None else laplace[0])
+            self.register_buffer("laplace_tril", None if laplace is None else laplace[1])
+            if laplace is not None:
+                # The affine map is learned relative to the Laplace factor (a preconditioning:
+                # Adam's steps are then in posterior sds, whatever the units of each coordinate).
+                init_loc, init_scale = torch.zeros_like(init_loc), torch.ones_like(init_scale)
+            self.scale_tril = PyroParam(
+                torch.eye(self.latent_dim, dtype=init_loc.dtype, device=init_loc.device),
+                self.scale_tril_constraint,
+            )
+        # Each parameter is assigned once: PyroModule drops the param store's value of an
+        # attribute assigned again, which would undo a get_param_store().load(path).
+        self.loc = nn.Parameter(init_loc)
+        self.scale = PyroParam(init_scale, self.scale_constraint)
 
-    def _laplace_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Set ``loc``, ``scale`` and ``scale_tril`` to the Laplace approximation, or warn.
+    def _laplace_start(
+        self, init_loc: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor] | None:
+        """The Laplace approximation's mode and Cholesky factor, or ``None`` (logged or warned).
 
         Leaves the random state as it found it (Pyro's ``initialize_model`` runs the model under
         its init strategy, which may draw), so that a fallback is the default start exactly.
         """
         rng_state = get_rng_state()
         try:
-            self._set_laplace_start(args, kwargs)
+            return self._find_laplace(init_loc, args, kwargs)
         finally:
             set_rng_state(rng_state)
 
-    def _set_laplace_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        eye = torch.eye(self.latent_dim, dtype=self.loc.dtype, device=self.loc.device)
-        self.scale_tril = PyroParam(eye, self.scale_tril_constraint)
-        self.register_buffer("laplace_mode", None)
-        self.register_buffer("laplace_tril", None)
+    def _find_laplace(
+        self, init_loc: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor] | None:
         # Every site, observed ones too (the prototype trace holds the latent ones only), with
         # the latents at their init values.
         values = {
@@ -252,7 +279,7 @@ class AutoFlow(AutoContinuous):
             # even under torch.no_grad (median and quantiles may set the guide up there).
             with poutine.block(), torch.enable_grad():
                 potential = self._log_density_potential(args, kwargs, values, nesting)
-                starts = [self.loc.detach(), *self._prior_starts(args, kwargs)]
+                starts = [init_loc, *self._prior_starts(init_loc, args, kwargs)]
                 results = [laplace_approximation(potential, start) for start in starts]
             # several modes: keep the one whose Gaussian holds the most mass
             result = max(results, key=lambda r: r.log_mass)
@@ -267,20 +294,17 @@ class AutoFlow(AutoContinuous):
                 warnings.warn(message, UserWarning, stacklevel=2)
             else:
                 logger.info(message)
-            return
+            return None
         assert result.mode is not None and result.scale_tril is not None
-        # The affine map is learned relative to the Laplace factor (a preconditioning: Adam's
-        # steps are then in posterior sds, whatever the units of each coordinate).
-        self.laplace_mode = result.mode.detach().clone()
-        self.laplace_tril = result.scale_tril.detach().clone()
-        self.loc = nn.Parameter(torch.zeros_like(self.laplace_mode))
-        self.scale = PyroParam(torch.ones_like(self.laplace_mode), self.scale_constraint)
+        return result.mode.detach().clone(), result.scale_tril.detach().clone()
 
-    def _prior_starts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
+    def _prior_starts(
+        self, like: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Tensor]:
         """Extra starting points of the mode search: draws of the latent sites from the prior.
 
-        In the affine map's output coordinates; none where the prior cannot be sampled (an
-        improper prior) or a draw is not finite.
+        In the affine map's output coordinates (shaped and typed ``like`` the init location);
+        none where the prior cannot be sampled (an improper prior) or a draw is not finite.
         """
         starts = []
         for _ in range(LAPLACE_PRIOR_STARTS):
@@ -292,12 +316,12 @@ class AutoFlow(AutoContinuous):
                         value = trace.nodes[name]["value"]
                         unconstrained = biject_to(site["fn"].support).inv(value)
                         parts.append(unconstrained.reshape(-1))
-                    start = torch.cat(parts).to(self.loc)
+                    start = torch.cat(parts).to(like)
                     if self._noncentered_sites:
                         start = self._noncentering(args, kwargs).inv(start)
             except (NotImplementedError, *_LAPLACE_OUTSIDE):
                 continue
-            if start.shape == self.loc.shape and torch.isfinite(start).all():
+            if start.shape == like.shape and torch.isfinite(start).all():
                 starts.append(start)
         return starts
 
@@ -402,6 +426,7 @@ class AutoFlow(AutoContinuous):
 
     def get_transform(self, *args: Any, **kwargs: Any) -> list[Transform]:
         """The flow (unless :meth:`without_flow`), tail, affine and non-centering layers."""
+        self._use_param_store()
         layers: list[Transform] = [self.flow] if self._use_flow else []
         if self._tail_layer:
             layers.append(self.tails)
@@ -413,6 +438,41 @@ class AutoFlow(AutoContinuous):
             layers.append(self._noncentering(args, kwargs))
         return layers
 
+    def _use_param_store(self) -> None:
+        """Use the values in Pyro's param store, so that ``get_param_store().load(path)`` restores the guide.
+
+        ``PyroModule`` reads its ``PyroParam`` attributes from the store, but keeps its own plain
+        ``nn.Parameter`` attributes (``loc``) and the parameters of plain submodules (the
+        flow, the tails) when the store holds other tensors under their names: here the stored
+        tensors replace them. The fixed Laplace factor is kept in the store too (it is not
+        trained: it is used detached).
+        """
+        if not self._pyro_context.active:
+            return
+        stored = dict(pyro.get_param_store().named_parameters())  # unconstrained values
+        for name, value in list(self._parameters.items()):
+            if not name.endswith("_unconstrained"):  # PyroParams read the store themselves
+                self._parameters[name] = stored.get(self._pyro_get_fullname(name), value)
+        for name, module in list(self._modules.items()):
+            prefix = self._pyro_get_fullname(name)
+            if any(
+                stored.get(param_with_module_name(prefix, param_name), param) is not param
+                for param_name, param in module.named_parameters()
+            ):
+                pyro.module(prefix, module, update_module_params=True)
+        synced = self.__dict__.setdefault("_laplace_in_store", {})
+        for name in ("laplace_mode", "laplace_tril"):
+            value = self._buffers.get(name)
+            if value is None:
+                continue
+            in_store = pyro.param(self._pyro_get_fullname(name), lambda v=value: v.clone())
+            with torch.no_grad():
+                if in_store is not synced.get(name):  # registered now, or loaded into the store
+                    value.copy_(in_store)
+                    synced[name] = in_store
+                elif not torch.equal(in_store, value):  # loaded by load_state_dict
+                    in_store.copy_(value)
+
     def _affine_loc_tril(self) -> tuple[Tensor, Tensor]:
         """The full affine map's location and lower-triangular scale (``warm_start`` only).
 
@@ -422,7 +482,8 @@ class AutoFlow(AutoContinuous):
         tril = self.scale[:, None] * self.scale_tril
         if getattr(self, "laplace_tril", None) is None:
             return self.loc, tril
-        return self.laplace_mode + self.laplace_tril @ self.loc, self.laplace_tril @ tril
+        mode, factor = self.laplace_mode.detach(), self.laplace_tril.detach()  # fixed, not trained
+        return mode + factor @ self.loc, factor @ tril
 
     @contextmanager
     def without_flow(self) -> Iterator[None]:
