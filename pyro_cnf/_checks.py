@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -10,6 +12,14 @@ def check_positive_int(name: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is an ``int`` >= 1 (``bool`` excluded)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_number(name: str, value: object, positive: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number >= 0 (> 0 with ``positive``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0 or (positive and value == 0):  # type: ignore[arg-type]
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"{name} must be a {kind} finite number, got {value!r}")
 
 
 def check_vector(name: str, x: object, dim: int | None, finite: bool = True) -> None:
@@ -26,3 +36,17 @@ def check_vector(name: str, x: object, dim: int | None, finite: bool = True) -> 
 def check_context(context: object, context_dim: int | None) -> None:
     """Raise unless ``context`` is a finite tensor of shape ``(..., context_dim)``."""
     check_vector("context", context, context_dim)
+
+
+def check_flow_input(name: str, x: object, dim: int | None, module: torch.nn.Module) -> None:
+    """:func:`check_vector`, plus: at least one point, and the dtype of the flow's parameters."""
+    check_vector(name, x, dim)
+    assert isinstance(x, Tensor)
+    if x.shape[:-1].numel() == 0:
+        raise ValueError(f"{name} has no points (shape {tuple(x.shape)})")
+    param = next(module.parameters(), None)
+    if param is not None and param.dtype != x.dtype:
+        raise ValueError(
+            f"{name} has dtype {x.dtype} but the flow's parameters are {param.dtype}; convert "
+            f"one of them (e.g. x.to({param.dtype}) or flow.to({x.dtype}))"
+        )

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import ConditionalFlowDistribution
-from .infer._data import check_rows, chunks
+from .infer._data import check_rows, chunks, parameter_dtype
 from .infer.diagnostics import exact_scoring
 
 __all__ = ["AnomalyDetector", "AnomalyReport"]
@@ -142,7 +142,8 @@ class AnomalyDetector:
             ValueError: Rows with NaN/inf (named), the wrong dimension, or a context missing
                 (conditional density) or given (unconditional).
         """
-        x = check_rows("x", x, self._dim)
+        modules = self._modules()
+        x = check_rows("x", x, self._dim, parameter_dtype(modules[0]) if modules else None)
         if self._conditional:
             if context is None:
                 raise ValueError(

@@ -80,9 +80,13 @@ class Solver:
             )
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and value == value):
+            if not (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and 0 < value < float("inf")
+            ):
                 raise ValueError(
-                    f"solver tolerance {name} must be a positive number, got {value!r}"
+                    f"solver tolerance {name} must be a positive finite number, got {value!r}"
                 )
         if self.adaptive:
             if self.steps is not None:
@@ -92,7 +96,9 @@ class Solver:
                 )
         elif self.steps is None:
             object.__setattr__(self, "steps", 16)
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+        if self.steps is not None and (
+            not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1
+        ):
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if not isinstance(self.max_num_steps, int) or self.max_num_steps < 1:
             raise ValueError(

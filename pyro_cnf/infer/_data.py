@@ -59,6 +59,8 @@ def check_rows(name: str, x: object, dim: int | None, dtype: torch.dtype | None 
             f"{name} has dimension {x.shape[1]} (shape {tuple(x.shape)}) but the flow's input "
             f"dimension is {dim}"
         )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has no points (shape {tuple(x.shape)})")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if dtype is not None and x.dtype != dtype:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from .._checks import check_number, check_positive_int
 from ..distributions import ConditionalFlowDistribution, FlowDistribution
 from ._data import (
     check_batch_size,
@@ -116,10 +117,10 @@ def _check_flow(flow: object, require_inverse: bool) -> nn.Module:
 
 
 def _check_positive(name: str, value: object, integer: bool = False) -> None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or not value > 0:  # type: ignore[operator]
-        kind = "integer" if integer else "number"
-        raise ValueError(f"{name} must be a positive {kind}, got {value!r}")
+    if integer:
+        check_positive_int(name, value)
+    else:
+        check_number(name, value, positive=True)
 
 
 def _check_ema(ema_decay: float | None) -> None:
@@ -372,8 +373,7 @@ def fit_density(
     _check_training_options(
         num_steps, lr, eval_every, patience, min_delta, ema_decay, val_batch_size
     )
-    if not (isinstance(regularization_weight, (int, float)) and regularization_weight >= 0):
-        raise ValueError(f"regularization_weight must be >= 0, got {regularization_weight!r}")
+    check_number("regularization_weight", regularization_weight)
     if regularization_weight > 0 and not any(m.regularization for m in _cnf_modules(flow)):
         raise ValueError(
             "regularization_weight > 0 but the flow has no CNF with regularization terms; build "

@@ -16,6 +16,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO, TraceTailAdaptive_E
 from pyro.infer.elbo import ELBO
 from torch import Tensor
 
+from .._checks import check_number
+
 __all__ = ["FitError", "FitResult", "fit_svi"]
 
 
@@ -132,8 +134,7 @@ def fit_svi(
     """
     if not (isinstance(num_steps, int) and num_steps >= 1):
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    if regularization_weight < 0:
-        raise ValueError(f"regularization_weight must be >= 0, got {regularization_weight!r}")
+    check_number("regularization_weight", regularization_weight)
     if not (isinstance(anneal_steps, int) and 0 <= anneal_steps <= num_steps):
         raise ValueError(
             f"anneal_steps must be an integer in [0, num_steps={num_steps}], got {anneal_steps!r}"

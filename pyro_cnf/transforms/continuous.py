@@ -25,7 +25,7 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform
 
-from .._checks import check_context, check_positive_int, check_vector
+from .._checks import check_context, check_flow_input, check_positive_int
 from ..divergence import Divergence, Exact
 from ..nn import MLPField
 from ..ode import Solver, solve
@@ -148,7 +148,15 @@ class _CNFBase(nn.Module):
 
     def _integrate(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         """Solve forward (0 -> T) or backward from ``x``; return the end point and the forward ladj."""
-        check_vector(f"CNF {'output value' if inverse else 'input'}", x, self.input_dim)
+        check_flow_input(f"CNF {'output value' if inverse else 'input'}", x, self.input_dim, self)
+        solver = self.active_solver
+        eps = torch.finfo(x.dtype).eps
+        if solver.adaptive and solver.rtol < eps:
+            raise ValueError(
+                f"solver rtol={solver.rtol:g} is below the resolution of {x.dtype} ({eps:.2g}): "
+                f"no step can meet it; use rtol >= {10 * eps:.0e} or float64 (flow.double() "
+                "and float64 inputs)"
+            )
         batch = x.shape[:-1]
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
@@ -157,7 +165,6 @@ class _CNFBase(nn.Module):
         dynamics = _Dynamics(self, context, self.divergence.init(z))
         state = (z, z.new_zeros(z.shape[0]))
         state += tuple(z.new_zeros(z.shape[0]) for _ in self.regularization)
-        solver = self.active_solver
         params: list[Tensor] = []
         if solver.adjoint:  # only the adjoint needs the tensors the dynamics depend on
             params = [p for p in self.parameters() if p.requires_grad]

@@ -27,7 +27,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule, Transform
 from torch import Tensor
 from torch.distributions import Transform
 
-from .._checks import check_context, check_positive_int, check_vector
+from .._checks import check_context, check_flow_input, check_positive_int
 from ._cache import StampedCacheMixin
 from .continuous import CNF, ConditionalCNF
 from .linear import InverseTransformModule, _default_dtype, actnorm, lu_linear
@@ -242,7 +242,7 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
 
     def __call__(self, x: Tensor) -> Tensor:
         """The forward map (base -> data)."""
-        check_vector("flow input", x, self.input_dim)
+        check_flow_input("flow input", x, self.input_dim, self._stamp_module())
         key = self._drop_stale_cache()
         cached_x, cached_y = self._cached_x_y
         if x is cached_x:
@@ -253,7 +253,7 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
         return y
 
     def _inv_call(self, y: Tensor) -> Tensor:
-        check_vector("flow output value", y, self.input_dim)
+        check_flow_input("flow output value", y, self.input_dim, self._stamp_module())
         key = self._drop_stale_cache()
         cached_x, cached_y = self._cached_x_y
         if y is cached_y:
