@@ -49,7 +49,9 @@ def affine_only(dim):
 def test_the_guide_density_is_the_change_of_variables_written_by_hand():
     # In the guide's coordinates mu/5, log tau and (theta - mu)/tau are independent normals
     # (the affine map); back in the model's: Jacobians 1/5, 1/tau (log) and 1/tau per theta_j.
-    guide = AutoFlow(centered_schools, flow=affine_only, init_scale=0.4, noncentered=True)
+    guide = AutoFlow(
+        centered_schools, flow=affine_only, warm_start=None, init_scale=0.4, noncentered=True
+    )
     guide()
     with torch.no_grad():
         guide.loc.add_(0.3 * torch.randn(10))
@@ -70,7 +72,9 @@ def test_the_guide_density_is_the_change_of_variables_written_by_hand():
 
 
 def test_the_sites_chosen_by_name_are_the_only_ones_mapped():
-    guide = AutoFlow(centered_schools, flow=affine_only, init_scale=0.4, noncentered=["theta"])
+    guide = AutoFlow(
+        centered_schools, flow=affine_only, warm_start=None, init_scale=0.4, noncentered=["theta"]
+    )
     guide()
     assert guide._noncentered_sites == ("theta",)
     trace = poutine.trace(guide).get_trace()
@@ -86,7 +90,7 @@ def test_the_sites_chosen_by_name_are_the_only_ones_mapped():
 
 
 def test_the_map_inverts_and_its_log_det_is_the_autograd_jacobians():
-    guide = AutoFlow(centered_schools, flow=affine_only, noncentered=True)
+    guide = AutoFlow(centered_schools, flow=affine_only, warm_start=None, noncentered=True)
     guide()
     transform = guide.get_transform()[-1]
     x = torch.randn(5, 10)
@@ -106,7 +110,7 @@ def test_neals_funnel_is_exactly_standard_normal_in_the_guide_coordinates():
     # v ~ N(0, 3^2), x | v ~ N(0, e^v): v/3 and x e^{-v/2} are iid N(0, 1), so the affine guide
     # at loc 0, scale 1 *is* the posterior: every importance weight equals Z = 1, the ELBO is 0.
     model = funnel(10)
-    guide = AutoFlow(model, flow=affine_only, noncentered=True)
+    guide = AutoFlow(model, flow=affine_only, warm_start=None, noncentered=True)
     guide()
     with torch.no_grad():
         guide.loc.zero_()
@@ -120,7 +124,7 @@ def test_neals_funnel_is_exactly_standard_normal_in_the_guide_coordinates():
 
 def test_svi_finds_the_exact_noncentered_guide_of_the_funnel():
     model = funnel(10)
-    guide = AutoFlow(model, flow=affine_only, noncentered=True, init_scale=0.5)
+    guide = AutoFlow(model, flow=affine_only, warm_start=None, noncentered=True, init_scale=0.5)
     fit_svi(
         model,
         guide,
@@ -152,15 +156,15 @@ def test_noncentered_errors_name_the_problem():
     with pytest.raises(ValueError, match="'auto' or a sequence of site names, got 'theta'"):
         AutoFlow(centered_schools, noncentered="theta")
     with pytest.raises(ValueError, match="'tau' is not of a location-scale family"):
-        AutoFlow(centered_schools, flow=affine_only, noncentered=["tau"])()
+        AutoFlow(centered_schools, flow=affine_only, warm_start=None, noncentered=["tau"])()
     with pytest.raises(ValueError, match="'phi' is not a latent site"):
-        AutoFlow(centered_schools, flow=affine_only, noncentered=["phi"])()
+        AutoFlow(centered_schools, flow=affine_only, warm_start=None, noncentered=["phi"])()
 
     def positive_only():
         pyro.sample("s", dist.LogNormal(0.0, 1.0))
 
     with pytest.raises(ValueError, match="no latent site of a location-scale family"):
-        AutoFlow(positive_only, flow=affine_only, noncentered=True)()
+        AutoFlow(positive_only, flow=affine_only, warm_start=None, noncentered=True)()
 
 
 def test_tail_layer_must_be_a_bool():
@@ -178,7 +182,9 @@ def test_a_tail_layer_guide_fits_an_exponential_tailed_posterior_a_gaussian_cann
     kl, top = {}, {}
     for tail_layer in (False, True):
         pyro.clear_param_store()
-        guide = AutoFlow(model, flow=affine_only, init_scale=1.0, tail_layer=tail_layer)
+        guide = AutoFlow(
+            model, flow=affine_only, warm_start=None, init_scale=1.0, tail_layer=tail_layer
+        )
         fit_svi(
             model,
             guide,
@@ -206,11 +212,11 @@ def test_auto_picks_the_sites_whose_loc_or_scale_depends_on_other_latents():
             pyro.sample("shifted", dist.Normal(beta.sum(), 1.0))  # loc only
         pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.tensor(0.5))
 
-    guide = AutoFlow(model, flow=affine_only, noncentered="auto")
+    guide = AutoFlow(model, flow=affine_only, warm_start=None, noncentered="auto")
     guide()
     assert guide._noncentered_sites == ("theta", "shifted")
     # and True takes every location-scale site on the real line
     pyro.clear_param_store()
-    every = AutoFlow(model, flow=affine_only, noncentered=True)
+    every = AutoFlow(model, flow=affine_only, warm_start=None, noncentered=True)
     every()
     assert every._noncentered_sites == ("mu", "beta", "theta", "shifted")

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.infer import TraceEnum_ELBO
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.infer.util import plate_log_prob_sum
 from pyro.ops.stats import fit_generalized_pareto
@@ -163,9 +165,18 @@ def exact_scoring(guide: Any) -> Iterator[None]:
 
 def _is_draw(site: dict[str, Any]) -> bool:
     """A latent sample site or a ``pyro.deterministic`` site (what a posterior draw holds)."""
-    if site["type"] != "sample" or site_is_subsample(site):
+    if site["type"] != "sample" or site_is_subsample(site) or _is_enumerated(site):
         return False
     return not site["is_observed"] or site["infer"].get("_deterministic", False)
+
+
+def _is_enumerated(site: dict[str, Any]) -> bool:
+    """A latent site marked for parallel enumeration (``config_enumerate``): summed out, not drawn."""
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and site["infer"].get("enumerate") == "parallel"
+    )
 
 
 def _is_likelihood(site: dict[str, Any]) -> bool:
@@ -222,6 +233,7 @@ class _Structure:
     event_dims: dict[str, int]  # each draw site's number of event dims
     observed: dict[str, Tensor]  # each observed (likelihood) site's value
     log_lik_shapes: dict[str, tuple[int, ...]]  # each observed site's pointwise log-prob shape
+    enumerated: tuple[str, ...]  # discrete sites the model enumerates (summed out of log p)
 
 
 def _structure(
@@ -252,6 +264,13 @@ def _structure(
         if _is_draw(site)
     }
     observed = {name: site for name, site in model_trace.nodes.items() if _is_likelihood(site)}
+    enumerated = tuple(n for n, site in model_trace.nodes.items() if _is_enumerated(site))
+    if enumerated and log_likelihood:
+        raise ValueError(
+            f"the model enumerates {list(enumerated)} (config_enumerate): a pointwise "
+            "log-likelihood would need them summed out per data point, which is not done here; "
+            "pass log_likelihood=False (importance weights sum them out)"
+        )
     if log_likelihood:
         for name, site in observed.items():
             _check_pointwise(name, site)
@@ -267,6 +286,7 @@ def _structure(
             for name, site in observed.items()
             if log_likelihood
         },
+        enumerated,
     )
 
 
@@ -343,6 +363,27 @@ def _score_one(
     return trace.log_prob_sum().double(), torch.zeros(()), values
 
 
+def _marginal_log_joint(
+    model: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    latent: dict[str, Tensor],
+    structure: _Structure,
+) -> Tensor:
+    r"""One draw's :math:`\log \sum_z p(\theta, z, y)` over the enumerated sites :math:`z`.
+
+    Pyro's ``TraceEnum_ELBO`` with a guide that is a point mass at :math:`\theta` (log density
+    0) gives exactly minus this, plate structure and all.
+    """
+
+    def point_mass(*_: Any, **__: Any) -> None:
+        for name, value in latent.items():
+            pyro.sample(name, dist.Delta(value, event_dim=value.dim()))
+
+    elbo = TraceEnum_ELBO(max_plate_nesting=structure.nesting)
+    return -torch.as_tensor(elbo.loss(model, point_mass, *args, **kwargs), dtype=torch.float64)
+
+
 def _latent(values: dict[str, Tensor], structure: _Structure, s: int) -> dict[str, Tensor]:
     return {
         n: v[s]
@@ -401,6 +442,12 @@ def _sequential_chunk(
         _score_one(model, args, kwargs, _latent(latent, structure, s), structure)
         for s in range(size)
     ]
+    if structure.enumerated:
+        marginal = [
+            _marginal_log_joint(model, args, kwargs, _latent(latent, structure, s), structure)
+            for s in range(size)
+        ]
+        scored = [(joint, *one[1:]) for joint, one in zip(marginal, scored, strict=True)]
     values = dict(latent)
     for key in scored[0][2]:
         name = key.removeprefix("log_lik:")
@@ -520,7 +567,7 @@ def importance_draws(
         }
         log_joint: list[Tensor] = []
         log_q: list[Tensor] = []
-        sequential = False
+        sequential = bool(structure.enumerated)  # summed out one draw at a time
         for start in range(0, num_samples, batch_size):
             size = min(batch_size, num_samples - start)
             if not sequential:

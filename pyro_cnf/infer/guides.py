@@ -9,7 +9,9 @@ a normalizing flow :math:`f` that starts at (CNF) or near (discrete flows) the i
 optional tail layer :math:`g`, an affine map :math:`u \mapsto \hat u + L u`, and an optional
 non-centering :math:`N`. A fresh guide is therefore the Gaussian of its affine map, and the flow
 learns only what that Gaussian cannot. :class:`AutoCNF` turns on what fits real posteriors
-best (``docs/benchmarks.md``); :class:`AutoFlow` leaves every layer off unless asked.
+best (``docs/benchmarks.md``); :class:`AutoFlow` has the warm start on (it puts any flow in
+whitened coordinates, where coupling and autoregressive layers train stably on sharp
+likelihoods) and the other layers off unless asked.
 
 **Warm start** (``warm_start``). With ``"laplace"`` the guide finds, when it first runs, the
 mode :math:`\hat u` of the log density in the affine map's output coordinates (L-BFGS from the
@@ -64,6 +66,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.distributions.transforms import AffineTransform, LowerCholeskyAffine
 from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from pyro.nn import PyroParam
@@ -97,8 +100,9 @@ TRAINING_SOLVER = Solver("dopri5", rtol=1e-3, atol=1e-4)
 class AutoFlow(AutoContinuous):
     r"""A normalizing-flow guide: a registry flow, then optional tails, an affine map, non-centering.
 
-    Every layer but the flow and the diagonal affine map is off unless asked for (see the module
-    docs); :class:`AutoCNF` is the guide with the best defaults.
+    The flow trains in the coordinates of the Laplace approximation (``warm_start="auto"``);
+    tails and non-centering are off unless asked for (see the module docs). :class:`AutoCNF` is
+    the guide with the best defaults.
 
     Arguments:
         model: A Pyro model with continuous latent sites.
@@ -159,7 +163,7 @@ class AutoFlow(AutoContinuous):
         num_quantile_samples: int = 4096,
         noncentered: bool | str | Sequence[str] = False,
         tail_layer: bool = False,
-        warm_start: str | None = None,
+        warm_start: str | None = "auto",
         **flow_kwargs: Any,
     ) -> None:
         if isinstance(flow, str):
@@ -392,6 +396,11 @@ class AutoFlow(AutoContinuous):
                 )
         return tuple(name for name in eligible if name in self._noncentered)
 
+    @staticmethod
+    def _prototype_hide_fn(msg: dict[str, Any]) -> bool:
+        """Leave out of the guide what Pyro's guides leave out, and enumerated discrete sites."""
+        return prototype_hide_fn(msg) or msg["infer"].get("enumerate") == "parallel"
+
     def _noncentering(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LocScaleNoncentering:
         return LocScaleNoncentering(self, self._noncentered_sites, args, kwargs)
 
@@ -400,11 +409,14 @@ class AutoFlow(AutoContinuous):
         for name, site in trace.iter_stochastic_nodes():
             if site_is_subsample(site):
                 continue
+            if site["infer"].get("enumerate") == "parallel":
+                continue  # summed out by TraceEnum_ELBO; the guide leaves it alone
             if site["fn"].support.is_discrete:
                 raise ValueError(
-                    f"{type(self).__name__} cannot fit the discrete latent site {name!r}: "
-                    "enumerate it out of the model (config_enumerate + TraceEnum_ELBO) or give "
-                    "it a separate guide"
+                    f"{type(self).__name__} cannot fit the discrete latent site {name!r}: mark "
+                    "it for enumeration (pyro.infer.config_enumerate(model), or "
+                    'infer={"enumerate": "parallel"} at the site) and fit with '
+                    "TraceEnum_ELBO, which sums it out; the guide then leaves it alone"
                 )
             for frame in site["cond_indep_stack"]:
                 if (
