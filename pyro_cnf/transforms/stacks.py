@@ -265,6 +265,11 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
         self._cache_stamp = key
         return x
 
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log|det dy/dx|``, summed over the layers (from their caches when ``x`` was just mapped)."""
+        with _default_dtype(x.dtype):
+            return super().log_abs_det_jacobian(x, y)
+
     def clear_cache(self) -> None:
         """Drop the stack's cached pair and every layer's."""
         self._cached_x_y = (None, None)
