@@ -116,3 +116,17 @@ def test_density_tutorial_runs():
     assert 0 < float(namespace["kl"]) < 0.2  # flow matching fits the 8 Gaussians
     report = namespace["report"]
     assert abs(report.fpr - 0.05) < 0.02 and report.roc_auc > 0.8
+
+
+@pytest.mark.slow
+def test_your_model_tutorial_runs():
+    blocks, printed, namespace = _run_blocks("your_model.md")
+    assert len(blocks) >= 5
+    assert "not vectorizable over draws (site 'total'" in printed
+    check, exact = namespace["check"], namespace["exact"]
+    assert abs(check.log_evidence - exact) < 0.01
+    assert "model site 'y' is in plate 'data' subsampled to 20 of 200" in printed
+    assert namespace["full"].khat < 0.7
+    assert abs(namespace["locs"] - [-2.0, 2.0]).max() < 0.3  # the mixture's two components
+    assert "param store route, same draw: True" in printed
+    assert "state_dict route, same draw: True" in printed
