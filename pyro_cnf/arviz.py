@@ -81,7 +81,18 @@ def _psislw(log_weights: np.ndarray, r_eff: float) -> tuple[np.ndarray, np.ndarr
         array_stats = _require("arviz_stats.base").array_stats
         # arviz-stats 1.x expects log-likelihoods and negates its input (LOO ratios are 1/p(y_i|θ)):
         # the log-weights go in negated, or the fit lands on the wrong tail.
-        smoothed, khat = array_stats.psislw(-log_weights, r_eff=r_eff, axis=-1)
+        try:
+            smoothed, khat = array_stats.psislw(-log_weights, r_eff=r_eff, axis=-1)
+        except ValueError as error:  # no tail to fit: answer as ArviZ 0.x does
+            message = str(error)
+            if "n_draws_tail" in message:  # too few draws
+                k = np.inf
+            elif "tail values are the same" in message:  # equal weights: set by the caller
+                k = np.inf
+            else:
+                raise
+            normalizer = np.logaddexp.reduce(log_weights, axis=-1, keepdims=True)
+            smoothed, khat = log_weights - normalizer, np.full(log_weights.shape[:-1], k)
     else:
         smoothed, khat = _require("arviz").psislw(log_weights, reff=r_eff)
     return np.asarray(smoothed, dtype=np.float64), np.asarray(khat, dtype=np.float64)
@@ -128,20 +139,24 @@ def _elpd_data(
 ) -> Any:
     """ArviZ's ELPD container (a ``pandas.Series`` in 0.x, a dataclass in 1.x)."""
     if _arviz_major() >= 1:
-        return _require("arviz_stats.utils").ELPDData(
-            kind="loo",
-            elpd=elpd,
-            se=se,
-            p=p_loo,
-            n_samples=n_samples,
-            n_data_points=n_data_points,
-            scale="log",
-            warning=warning,
-            good_k=good_k,
-            elpd_i=elpd_i,
-            pareto_k=pareto_k,
-            approx_posterior=True,
-        )
+        fields = {
+            "elpd": elpd,
+            "se": se,
+            "p": p_loo,
+            "n_samples": n_samples,
+            "n_data_points": n_data_points,
+            "scale": "log",
+            "warning": warning,
+            "good_k": good_k,
+            "elpd_i": elpd_i,
+            "pareto_k": pareto_k,
+            "approx_posterior": True,
+        }
+        utils = _require("arviz_stats.utils")
+        loo_class = getattr(utils, "ELPDDataLOO", None)  # arviz-stats >= 1.3: one class per kind
+        if loo_class is not None:
+            return loo_class(**fields)
+        return utils.ELPDData(kind="loo", **fields)
     elpd_data = _require("arviz.stats").ELPDData
     return elpd_data(
         data=[
@@ -290,7 +305,8 @@ def pareto_smooth(
     Returns:
         ``(smoothed, khat)``: normalized smoothed log-weights of the input's shape, and
         :math:`\hat k` of shape ``log_weights.shape[:-1]`` (a 0-d array for one set; ``inf`` when
-        too few draws lie in the tail to fit).
+        too few draws lie in the tail to fit; ``-inf`` when all weights are equal, as
+        :func:`~pyro_cnf.pareto_khat` says: no tail at all).
 
     Raises:
         ValueError: If there are fewer than 2 draws or a log-weight is not finite.
@@ -315,7 +331,9 @@ def pareto_smooth(
         raise ValueError("log_weights contains NaN or inf")
     if not r_eff > 0:
         raise ValueError(f"r_eff must be > 0, got {r_eff!r}")
-    return _psislw(values, float(r_eff))
+    smoothed, khat = _psislw(values, float(r_eff))
+    equal = values.max(-1) == values.min(-1)  # ArviZ 0.x says inf here, 1.x refuses
+    return smoothed, np.where(equal, -np.inf, khat)
 
 
 @torch.no_grad()
@@ -478,9 +496,11 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
     .. math::
         \mathrm{elpd}_i = \log \sum_s \tilde w_{si}\, p(y_i \mid \theta_s), \qquad
         \mathrm{elpd}_\mathrm{loo} = \sum_i \mathrm{elpd}_i, \qquad
-        \mathrm{se} = \sqrt{n \operatorname{Var}_i \mathrm{elpd}_i},
+        \mathrm{se} = \sqrt{n \operatorname{Var}_i \mathrm{elpd}_i}
 
-    and :math:`p_\mathrm{loo} = \sum_i (\mathrm{lppd}_i - \mathrm{elpd}_i)` with the
+    (the variance over the :math:`n` data points as the installed ArviZ line computes it:
+    dividing by :math:`n` in 0.x, by :math:`n - 1` in 1.x) and
+    :math:`p_\mathrm{loo} = \sum_i (\mathrm{lppd}_i - \mathrm{elpd}_i)` with the
     importance-weighted :math:`\mathrm{lppd}_i = \log \sum_s \bar w_s\, p(y_i \mid \theta_s)`
     (:math:`\bar w` the smoothed, normalized :math:`w`). Plain ``az.loo`` on the same draws
     treats them as posterior draws: biased, with poor Pareto :math:`k`. Written here because
@@ -509,7 +529,8 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
         >>> def guide():  # close to the exact posterior N(0.5, 1/5)
         ...     pyro.sample("mu", dist.Normal(0.5, 0.5))
         >>> loo = vi_loo(to_inference_data(model, guide, num_samples=4000, seed=0))
-        >>> round(float(loo["elpd_loo"]), 1), bool((loo["pareto_k"] < 0.7).all())
+        >>> elpd = loo.elpd if hasattr(loo, "elpd") else loo["elpd_loo"]  # ArviZ 1.x or 0.x
+        >>> round(float(elpd), 1), bool((loo["pareto_k"] < 0.7).all())
         (-8.3, True)
     """
     _require("arviz")
@@ -560,7 +581,8 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
     template = log_lik.isel(chain=0, draw=0, drop=True)
     return _elpd_data(
         elpd=float(elpd_i.sum()),
-        se=float(math.sqrt(n_data_points * np.var(elpd_i))),
+        # the installed line's convention: ArviZ 0.x divides the variance by n, 1.x by n - 1
+        se=float(math.sqrt(n_data_points * np.var(elpd_i, ddof=min(_arviz_major(), 1)))),
         p_loo=float((lppd_i - elpd_i).sum()),
         n_samples=num_samples,
         n_data_points=n_data_points,
@@ -677,12 +699,17 @@ def compare_to_reference(
         ValueError: If a variable is missing from either posterior or the shapes differ.
 
     Example:
-        >>> import numpy as np
-        >>> import arviz as az
-        >>> rng = np.random.default_rng(0)
-        >>> ours = az.from_dict(posterior={"x": rng.normal(0.1, 1.0, (1, 4000))})
-        >>> ref = az.from_dict(posterior={"x": rng.normal(0.0, 1.0, (4, 4000))})
-        >>> table = compare_to_reference(ours, ref)
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> def shifted():  # a guide off by 0.1 sd
+        ...     pyro.sample("x", dist.Normal(0.1, 1.0))
+        >>> def exact():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> options = {"num_samples": 8000, "log_likelihood": False}
+        >>> ours = to_inference_data(model, shifted, seed=0, **options)
+        >>> reference = to_inference_data(model, exact, seed=1, **options)
+        >>> table = compare_to_reference(ours, reference)
         >>> abs(float(table.loc["x", "mean_error"]) - 0.1) < 0.05
         True
     """
