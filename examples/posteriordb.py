@@ -19,7 +19,6 @@ import argparse
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -34,10 +33,6 @@ from pyro.optim import ClippedAdam  # noqa: E402
 
 from pyro_cnf import AutoCNF, importance_diagnostics, to_inference_data  # noqa: E402
 from pyro_cnf.models import POSTERIORS, BayesianModel, load_posteriordb  # noqa: E402
-
-with warnings.catch_warnings():  # ArviZ 0.23 announces its 1.x refactor on import
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, BayesianModel]:
@@ -119,9 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         model, guide, num_samples=args.num_samples, seed=args.seed + 1,
         log_likelihood=False, coords=coords, dims=dims,
     )  # fmt: skip
-    reference_idata = az.from_dict(
-        posterior={site: v.numpy() for site, v in reference.items()}, coords=coords, dims=dims
-    )
 
     guide_draws = {site: guide_idata.posterior[site].values for site in reference}
     report = "\n\n".join(
@@ -139,19 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.txt").write_text(report + "\n")
 
-    # The marginal densities of the guide over those of the reference.
-    panels = sum(v[0, 0].numel() for v in reference.values())
-    axes = az.plot_density(
-        [guide_idata, reference_idata],
-        data_labels=["AutoCNF", "posteriordb reference"],
-        var_names=list(reference),
-        shade=0.1,
-        hdi_prob=0.99,
-        textsize=10,
-        figsize=(12, 3 * math.ceil(panels / 3)),
-        backend_kwargs={"constrained_layout": True},
-    )
-    figure = np.ravel(axes)[0].figure
+    # The marginal densities of the guide over those of the reference, one panel per coordinate.
+    panels = [(site, index) for site, v in reference.items() for index in np.ndindex(*v.shape[2:])]
+    rows = math.ceil(len(panels) / 3)
+    figure, axes = plt.subplots(rows, 3, figsize=(12, 3 * rows), constrained_layout=True)
+    for ax, (site, index) in zip(np.ravel(axes), panels, strict=False):
+        ref = reference[site][(slice(None), slice(None), *index)].flatten().numpy()
+        ours = guide_draws[site][(slice(None), slice(None), *index)].flatten()
+        ax.hist(ref, bins=60, density=True, alpha=0.4, label="posteriordb reference")
+        ax.hist(ours, bins=60, density=True, histtype="step", lw=1.5, label="AutoCNF")
+        ax.set_title(site + "".join(f"[{i + 1}]" for i in index), fontsize=10)
+    for ax in np.ravel(axes)[len(panels) :]:
+        ax.axis("off")
+    np.ravel(axes)[0].legend(fontsize=8)
     figure.suptitle(f"{args.posterior}: AutoCNF ({args.steps} steps) and the reference")
     figure.savefig(args.out / "posteriordb.png", dpi=80)
     plt.close(figure)

@@ -79,7 +79,9 @@ def _run_blocks(page):
 # ArviZ 0.23's az.compare calls DataFrame.sort_values(inplace=True), deprecated by pandas 3
 @pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.sort_values")
 def test_arviz_tutorial_runs():
-    pytest.importorskip("arviz")
+    arviz = pytest.importorskip("arviz")
+    if int(arviz.__version__.split(".")[0]) >= 1:
+        pytest.skip("the tutorial's code is written for ArviZ 0.x, as it says")
     blocks, printed, namespace = _run_blocks("arviz.md")
     assert len(blocks) >= 4
     loo = namespace["loo"]

@@ -407,9 +407,9 @@ def bimodal_model():
 def test_the_warm_start_keeps_the_mode_with_the_most_mass(monkeypatch, prior_starts, mode):
     # from the init location alone L-BFGS finds the light mode; the prior draws find the
     # heavy one, and its Gaussian holds more mass
-    import pyro_cnf.infer.guides as guides
+    import pyro_cnf.infer._guide_setup as guide_setup
 
-    monkeypatch.setattr(guides, "LAPLACE_PRIOR_STARTS", prior_starts)
+    monkeypatch.setattr(guide_setup, "LAPLACE_PRIOR_STARTS", prior_starts)
     pyro.set_rng_seed(0)
     guide = AutoCNF(bimodal_model, hidden_dims=(8, 8))
     guide()

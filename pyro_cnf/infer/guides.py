@@ -11,7 +11,9 @@ non-centering :math:`N`. A fresh guide is therefore the Gaussian of its affine m
 learns only what that Gaussian cannot. :class:`AutoCNF` turns on what fits real posteriors
 best (``docs/benchmarks.md``); :class:`AutoFlow` has the warm start on (it puts any flow in
 whitened coordinates, where coupling and autoregressive layers train stably on sharp
-likelihoods) and the other layers off unless asked.
+likelihoods) and the other layers off unless asked. In both, the output layer of each
+coupling or autoregressive network is divided by its fan-in, so that an Adam step moves the
+flow by about the learning rate whatever the network's width.
 
 **Warm start** (``warm_start``). With ``"laplace"`` the guide finds, when it first runs, the
 mode :math:`\hat u` of the log density in the affine map's output coordinates (L-BFGS from the
@@ -53,13 +55,10 @@ sets (near zero at the start).
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
@@ -67,12 +66,9 @@ from pyro.distributions import constraints
 from pyro.distributions.transforms import AffineTransform, LowerCholeskyAffine
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.guides import prototype_hide_fn
-from pyro.infer.autoguide.initialization import init_to_median, init_to_value
-from pyro.infer.mcmc.util import initialize_model
+from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
-from pyro.params.param_store import param_with_module_name
 from pyro.poutine.util import site_is_subsample
-from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 
@@ -80,16 +76,10 @@ from ..distributions import FlowDistribution
 from ..ode import Solver
 from ..transforms.registry import flow_spec, make_flow
 from ..transforms.tails import ExponentialTails
-from ._laplace import _OUTSIDE as _LAPLACE_OUTSIDE
-from ._laplace import laplace_approximation
+from ._guide_setup import LaplaceWarmStart, ParamStoreSync, scale_output_layers
 from ._noncentering import LocScaleNoncentering, hierarchical_sites, loc_scale_sites
 
 __all__ = ["AutoCNF", "AutoFlow"]
-
-logger = logging.getLogger(__name__)
-
-#: Draws from the prior that the Laplace warm start also searches from, besides the init location.
-LAPLACE_PRIOR_STARTS = 3
 
 #: AutoCNF's training solver: dopri5 at a loose tolerance. Error control matters in training: on
 #: a fixed grid the optimizer learns to exploit the gap between the discrete map and the
@@ -97,7 +87,7 @@ LAPLACE_PRIOR_STARTS = 3
 TRAINING_SOLVER = Solver("dopri5", rtol=1e-3, atol=1e-4)
 
 
-class AutoFlow(AutoContinuous):
+class AutoFlow(LaplaceWarmStart, ParamStoreSync, AutoContinuous):
     r"""A normalizing-flow guide: a registry flow, then optional tails, an affine map, non-centering.
 
     The flow trains in the coordinates of the Laplace approximation (``warm_start="auto"``);
@@ -129,7 +119,7 @@ class AutoFlow(AutoContinuous):
 
     **Saving and loading.** Every value the guide uses (the flow's parameters, the affine map,
     the fixed warm-start factor) is in Pyro's param store, so
-    ``pyro.get_param_store().save(path)`` and, in a new session, ``load(path)`` before or after
+    ``pyro.get_param_store().save(path)`` and, in a new process, ``load(path)`` before or after
     the new guide's first call restore it exactly. ``guide.state_dict()`` works too: save it
     with ``torch.save``, build and call the new guide once (to set it up), then
     ``guide.load_state_dict(torch.load(path, weights_only=True))``.
@@ -217,7 +207,10 @@ class AutoFlow(AutoContinuous):
             flow = make_flow(self._flow_factory, self.latent_dim, **self._flow_kwargs)
         else:
             flow = self._flow_factory(self.latent_dim, **self._flow_kwargs)
-        self.flow = flow.to(dtype=init_loc.dtype) if isinstance(flow, nn.Module) else flow
+        if isinstance(flow, nn.Module):
+            scale_output_layers(flow)
+            flow = flow.to(dtype=init_loc.dtype)
+        self.flow = flow
         if self._tail_layer:
             self.tails = ExponentialTails(self.latent_dim).to(dtype=init_loc.dtype)
         if self._warm_start is not None:
@@ -236,135 +229,6 @@ class AutoFlow(AutoContinuous):
         # attribute assigned again, which would undo a get_param_store().load(path).
         self.loc = nn.Parameter(init_loc)
         self.scale = PyroParam(init_scale, self.scale_constraint)
-
-    def _laplace_start(
-        self, init_loc: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Tensor, Tensor] | None:
-        """The Laplace approximation's mode and Cholesky factor, or ``None`` (logged or warned).
-
-        Leaves the random state as it found it (Pyro's ``initialize_model`` runs the model under
-        its init strategy, which may draw), so that a fallback is the default start exactly.
-        """
-        rng_state = get_rng_state()
-        try:
-            return self._find_laplace(init_loc, args, kwargs)
-        finally:
-            set_rng_state(rng_state)
-
-    def _find_laplace(
-        self, init_loc: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Tensor, Tensor] | None:
-        # Every site, observed ones too (the prototype trace holds the latent ones only), with
-        # the latents at their init values.
-        values = {
-            name: site["value"].detach()
-            for name, site in self.prototype_trace.iter_stochastic_nodes()
-        }
-        model = poutine.condition(self.model, data=values)
-        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
-        frames = [
-            frame
-            for site in trace.nodes.values()
-            if site["type"] == "sample"
-            for frame in site["cond_indep_stack"]
-            if frame.vectorized
-        ]
-        subsampled = sorted(
-            {f.name for f in frames if f.full_size is not None and f.full_size != f.size}
-        )
-        if subsampled:
-            reason = (
-                f"the model subsamples the plates {subsampled}, so its log density is a "
-                "minibatch estimate"
-            )
-        else:
-            nesting = max((-frame.dim for frame in frames), default=0)
-            # Hidden from the caller's handlers (SVI's trace, a particle plate), with gradients
-            # even under torch.no_grad (median and quantiles may set the guide up there).
-            with poutine.block(), torch.enable_grad():
-                potential = self._log_density_potential(args, kwargs, values, nesting)
-                starts = [init_loc, *self._prior_starts(init_loc, args, kwargs)]
-                results = [laplace_approximation(potential, start) for start in starts]
-            # several modes: keep the one whose Gaussian holds the most mass
-            result = max(results, key=lambda r: r.log_mass)
-            reason = results[0].reason if result.reason is not None else None
-        if reason is not None:
-            message = (
-                f"{type(self).__name__}(warm_start={self._warm_start!r}): no Laplace "
-                f"approximation, so the default start (init location, scale "
-                f"{self._init_scale:g}): {reason}"
-            )
-            if self._warm_start == "laplace":
-                warnings.warn(message, UserWarning, stacklevel=2)
-            else:
-                logger.info(message)
-            return None
-        assert result.mode is not None and result.scale_tril is not None
-        return result.mode.detach().clone(), result.scale_tril.detach().clone()
-
-    def _prior_starts(
-        self, like: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> list[Tensor]:
-        """Extra starting points of the mode search: draws of the latent sites from the prior.
-
-        In the affine map's output coordinates (shaped and typed ``like`` the init location);
-        none where the prior cannot be sampled (an improper prior) or a draw is not finite.
-        """
-        starts = []
-        for _ in range(LAPLACE_PRIOR_STARTS):
-            try:
-                with torch.no_grad():
-                    trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
-                    parts = []
-                    for name, site in self.prototype_trace.iter_stochastic_nodes():
-                        value = trace.nodes[name]["value"]
-                        unconstrained = biject_to(site["fn"].support).inv(value)
-                        parts.append(unconstrained.reshape(-1))
-                    start = torch.cat(parts).to(like)
-                    if self._noncentered_sites:
-                        start = self._noncentering(args, kwargs).inv(start)
-            except (NotImplementedError, *_LAPLACE_OUTSIDE):
-                continue
-            if start.shape == like.shape and torch.isfinite(start).all():
-                starts.append(start)
-        return starts
-
-    def _log_density_potential(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        values: dict[str, Tensor],
-        max_plate_nesting: int,
-    ) -> Callable[[Tensor], Tensor]:
-        r"""``u -> -log p(u)`` over the affine map's output coordinates.
-
-        That is the unconstrained latent vector, or its standardized form when sites are
-        non-centered (then :math:`\log p(T(u)) + \log|\det T'(u)|`). ``values``: the latent
-        sites' init values, for the prototype run of Pyro's ``initialize_model``.
-        """
-        initial = {
-            site["name"]: value.detach() for site, value in self._unpack_latent(self._init_loc())
-        }
-        _, potential_fn, _, _ = initialize_model(
-            self.model,
-            args,
-            kwargs,
-            max_plate_nesting=max_plate_nesting,
-            init_strategy=init_to_value(values=values),
-            initial_params=initial,
-        )
-        noncentering = self._noncentering(args, kwargs) if self._noncentered_sites else None
-
-        def potential(u: Tensor) -> Tensor:
-            latent, log_det = u, 0.0
-            if noncentering is not None:  # a fresh tensor: the transform caches by identity
-                u = u.clone()
-                latent = noncentering(u)
-                log_det = noncentering.log_abs_det_jacobian(u, latent)
-            params = {site["name"]: value for site, value in self._unpack_latent(latent)}
-            return potential_fn(params) - log_det
-
-        return potential
 
     def _select_noncentered_sites(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -449,41 +313,6 @@ class AutoFlow(AutoContinuous):
         if self._noncentered_sites:
             layers.append(self._noncentering(args, kwargs))
         return layers
-
-    def _use_param_store(self) -> None:
-        """Use the values in Pyro's param store, so that ``get_param_store().load(path)`` restores the guide.
-
-        ``PyroModule`` reads its ``PyroParam`` attributes from the store, but keeps its own plain
-        ``nn.Parameter`` attributes (``loc``) and the parameters of plain submodules (the
-        flow, the tails) when the store holds other tensors under their names: here the stored
-        tensors replace them. The fixed Laplace factor is kept in the store too (it is not
-        trained: it is used detached).
-        """
-        if not self._pyro_context.active:
-            return
-        stored = dict(pyro.get_param_store().named_parameters())  # unconstrained values
-        for name, value in list(self._parameters.items()):
-            if not name.endswith("_unconstrained"):  # PyroParams read the store themselves
-                self._parameters[name] = stored.get(self._pyro_get_fullname(name), value)
-        for name, module in list(self._modules.items()):
-            prefix = self._pyro_get_fullname(name)
-            if any(
-                stored.get(param_with_module_name(prefix, param_name), param) is not param
-                for param_name, param in module.named_parameters()
-            ):
-                pyro.module(prefix, module, update_module_params=True)
-        synced = self.__dict__.setdefault("_laplace_in_store", {})
-        for name in ("laplace_mode", "laplace_tril"):
-            value = self._buffers.get(name)
-            if value is None:
-                continue
-            in_store = pyro.param(self._pyro_get_fullname(name), lambda v=value: v.clone())
-            with torch.no_grad():
-                if in_store is not synced.get(name):  # registered now, or loaded into the store
-                    value.copy_(in_store)
-                    synced[name] = in_store
-                elif not torch.equal(in_store, value):  # loaded by load_state_dict
-                    in_store.copy_(value)
 
     def _affine_loc_tril(self) -> tuple[Tensor, Tensor]:
         """The full affine map's location and lower-triangular scale (``warm_start`` only).
