@@ -29,7 +29,7 @@ from .._checks import check_context, check_flow_input, check_positive_int
 from ..divergence import Divergence, Exact
 from ..nn import MLPField
 from ..ode import Solver, solve
-from ._cache import CacheKey, cache_key, is_stale
+from ._cache import CacheKey, current_key, is_stale
 
 __all__ = ["CNF", "ConditionalCNF", "SolveStats", "cnf", "conditional_cnf"]
 
@@ -212,7 +212,7 @@ class _CachedSolveMixin:
         raise NotImplementedError
 
     def _stamp(self) -> CacheKey:
-        return cache_key(self._owner(), self._stamp_extra())
+        return current_key(self._owner(), self._stamp_extra())
 
     def _stamp_extra(self) -> tuple[Tensor, ...]:
         return ()
@@ -229,7 +229,7 @@ class _CachedSolveMixin:
             return key, None
         if is_stale(stamp, key):
             return key, None
-        return key, (cached_x, cached_y, ladj)
+        return stamp, (cached_x, cached_y, ladj)
 
     def __call__(self, x: Tensor) -> Tensor:
         key, hit = self._lookup(x, None)

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.distributions import Transform
 
 from .._checks import check_context, check_flow_input, check_positive_int
-from ._cache import StampedCacheMixin
+from ._cache import StampedCacheMixin, trusted_key
 from .continuous import CNF, ConditionalCNF
 from .linear import InverseTransformModule, _default_dtype, actnorm, lu_linear
 from .planar_radial import conditional_planar, conditional_radial, planar, radial
@@ -247,7 +247,8 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
         cached_x, cached_y = self._cached_x_y
         if x is cached_x:
             return cached_y
-        y = self._call(x)
+        with trusted_key(key):  # the stack's key, just checked, stands for its layers'
+            y = self._call(x)
         self._cached_x_y = x, y
         self._cache_stamp = key
         return y
@@ -260,14 +261,16 @@ class FlowStack(StampedCacheMixin, ComposeTransformModule):
             return cached_x
         if self.inverse_error is not None:
             raise NotImplementedError(self.inverse_error)
-        x = self._inverse(y)
+        with trusted_key(key):
+            x = self._inverse(y)
         self._cached_x_y = x, y
         self._cache_stamp = key
         return x
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """``log|det dy/dx|``, summed over the layers (from their caches when ``x`` was just mapped)."""
-        with _default_dtype(x.dtype):
+        key = self._drop_stale_cache()
+        with _default_dtype(x.dtype), trusted_key(key):
             return super().log_abs_det_jacobian(x, y)
 
     def clear_cache(self) -> None:
