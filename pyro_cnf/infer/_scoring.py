@@ -216,14 +216,20 @@ def _score_one(
     kwargs: Any,
     latent: dict[str, Tensor],
     structure: _Structure,
-) -> _Chunk:
-    """One draw's log joint, deterministic sites and pointwise log-likelihood, by one model run."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One draw's log joint, deterministic sites and pointwise log-likelihood, by one model run.
+
+    With enumerated sites the log joint is summed over them (:func:`_marginal_log_joint`); the
+    model run then only gives the deterministic sites.
+    """
     trace = poutine.trace(poutine.condition(model, data=latent)).get_trace(*args, **kwargs)
-    trace.compute_log_prob()
     values = {name: trace.nodes[name]["value"] for name in structure.deterministic}
+    if structure.enumerated:
+        return _marginal_log_joint(model, args, kwargs, latent, structure), values
+    trace.compute_log_prob()
     for name in structure.log_lik_shapes:
         values[f"log_lik:{name}"] = trace.nodes[name]["unscaled_log_prob"]
-    return trace.log_prob_sum().double(), torch.zeros(()), values
+    return trace.log_prob_sum().double(), values
 
 
 def _marginal_log_joint(
@@ -265,7 +271,7 @@ def check_vectorized(
     """
     log_joint, _, values = chunk
     for s in range(min(2, log_joint.numel())):
-        joint, _, one = _score_one(model, args, kwargs, _latent(values, structure, s), structure)
+        joint, one = _score_one(model, args, kwargs, _latent(values, structure, s), structure)
         if not torch.allclose(joint, log_joint[s], rtol=1e-4, atol=1e-4):
             raise NotVectorized(
                 f"draw {s}: log p = {float(log_joint[s]):.6g} vectorized, {float(joint):.6g} alone"
@@ -305,17 +311,11 @@ def sequential_chunk(
         _score_one(model, args, kwargs, _latent(latent, structure, s), structure)
         for s in range(size)
     ]
-    if structure.enumerated:
-        marginal = [
-            _marginal_log_joint(model, args, kwargs, _latent(latent, structure, s), structure)
-            for s in range(size)
-        ]
-        scored = [(joint, *one[1:]) for joint, one in zip(marginal, scored, strict=True)]
     values = dict(latent)
-    for key in scored[0][2]:
+    for key in scored[0][1]:
         name = key.removeprefix("log_lik:")
         shape = (
             structure.log_lik_shapes[name] if key.startswith("log_lik:") else structure.shapes[name]
         )
-        values[key] = torch.stack([one[2][key].reshape(shape) for one in scored])
+        values[key] = torch.stack([one[1][key].reshape(shape) for one in scored])
     return torch.stack([one[0] for one in scored]), log_q, values
