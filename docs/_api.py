@@ -18,6 +18,7 @@ MODULES: list[tuple[str, str]] = [
     ("pyro_cnf", "pyro_cnf: the public namespace"),
     ("pyro_cnf.transforms", "pyro_cnf.transforms: every flow layer and factory"),
     ("pyro_cnf.infer", "pyro_cnf.infer: guides, fitting, diagnostics"),
+    ("pyro_cnf.infer.training", "pyro_cnf.infer.training: the training loop and several processes"),
     ("pyro_cnf.models", "pyro_cnf.models: the model zoo with reference answers"),
     ("pyro_cnf.arviz", "pyro_cnf.arviz: ArviZ integration"),
     ("pyro_cnf.anomaly", "pyro_cnf.anomaly: anomaly detection"),

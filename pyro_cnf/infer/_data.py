@@ -128,14 +128,6 @@ def check_batch_size(batch_size: object, num_points: int, name: str = "data") ->
     return batch_size
 
 
-def minibatches(num_points: int, batch_size: int, device: torch.device) -> Iterator[Tensor]:
-    """Row indices of minibatches, endlessly: shuffled epochs without replacement (last partial batch dropped)."""
-    while True:
-        order = torch.randperm(num_points, device=device)
-        for start in range(0, num_points - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
-
-
 def chunks(num_points: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` rows."""
     for start in range(0, num_points, size):

@@ -14,17 +14,14 @@ one training loop.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from .._checks import check_number, check_positive_int
 from ..distributions import ConditionalFlowDistribution, FlowDistribution
@@ -35,46 +32,28 @@ from ._data import (
     chunks,
     flow_input_dim,
     is_conditional,
-    minibatches,
     parameter_dtype,
 )
 from .diagnostics import exact_scoring
-from .fit import FitError, _cnf_modules, regularization_penalty
+from .fit import _cnf_modules, regularization_penalty
+from .training import TrainingHistory, sharded_minibatches, train
 
 __all__ = ["DensityFitResult", "fit_density"]
 
 
 @dataclass
-class DensityFitResult:
+class DensityFitResult(TrainingHistory):
     """What :func:`fit_density` or :func:`~pyro_cnf.fit_flow_matching` did.
+
+    The fields of :class:`~pyro_cnf.infer.training.TrainingHistory` (losses, validation NLL,
+    best step, times, ``world_size``), and:
 
     Attributes:
         distribution: The fitted density: a :class:`~pyro_cnf.FlowDistribution` over a standard
             Normal (a :class:`~pyro_cnf.ConditionalFlowDistribution` for a conditional flow).
-        losses: The training objective at every step.
-        val_steps: Steps after which the validation NLL was computed.
-        val_nll: Validation NLL (nats per point) at those steps.
-        val_train_time: Seconds spent in training steps up to each validation (validation time
-            excluded), for time-to-accuracy comparisons.
-        best_val_nll: Lowest validation NLL (``None`` without validation data).
-        best_step: Step of ``best_val_nll``; the flow holds the parameters of that step.
-        num_steps: Training steps taken.
-        stopped_early: Whether early stopping ended the run.
-        train_time: Seconds spent in training steps.
-        wall_time: Seconds in all, validation included.
     """
 
     distribution: FlowDistribution | ConditionalFlowDistribution
-    losses: list[float] = field(default_factory=list)
-    val_steps: list[int] = field(default_factory=list)
-    val_nll: list[float] = field(default_factory=list)
-    val_train_time: list[float] = field(default_factory=list)
-    best_val_nll: float | None = None
-    best_step: int | None = None
-    num_steps: int = 0
-    stopped_early: bool = False
-    train_time: float = 0.0
-    wall_time: float = 0.0
 
 
 def _standard_normal(dim: int, dtype: torch.dtype | None) -> dist.Distribution:
@@ -147,98 +126,31 @@ def _mean_nll(
     return total / data.shape[0]
 
 
-def _copy(params: list[Tensor], values: list[Tensor]) -> None:
-    """Copy ``values`` into ``params`` in place (under ``no_grad``)."""
-    with torch.no_grad():
-        for p, v in zip(params, values, strict=True):
-            p.copy_(v)
-
-
-def _train_loop(
+def run(
     result: DensityFitResult,
     objective: Callable[[], Tensor],
     params: list[Tensor],
     *,
-    num_steps: int,
-    lr: float,
-    validate: Callable[[], float] | None,
-    eval_every: int,
-    patience: int | None,
-    min_delta: float,
-    ema_decay: float | None,
-    progress: bool,
     desc: str,
-    callback: Callable[[DensityFitResult], object] | None = None,
+    lr: float,
+    ema_decay: float | None,
+    **loop: Any,
 ) -> DensityFitResult:
-    """Adam on ``objective`` with validation, early stopping, EMA and a NaN guard; fills ``result``.
-
-    With validation the parameters of the best validation are restored at the end; without it,
-    the EMA parameters (when kept) replace the raw ones.
-    """
-    from tqdm.auto import tqdm
-
+    """Adam on ``objective`` over ``params`` in the shared :func:`~pyro_cnf.infer.training.train` loop."""
     optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
-    ema = [p.detach().clone() for p in params] if ema_decay is not None else None
-    ema_update = get_ema_multi_avg_fn(ema_decay) if ema_decay is not None else None
-    best_state: list[Tensor] | None = None
-    best_for_patience, bad_evals = math.inf, 0
-    start = time.perf_counter()
-    bar = tqdm(range(num_steps), disable=not progress, desc=desc, leave=False)
-    for step in bar:
-        tick = time.perf_counter()
+
+    def gradients() -> tuple[Tensor, list[Tensor]]:
         loss = objective()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FitError(
-                f"step {step} gave a non-finite loss ({value}); the parameters were not updated by "
-                "it. Lower lr, standardize the data, or regularize the flow"
-            )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in params if p.grad is not None]
-        if grads and not bool(torch.stack([g.norm() for g in grads]).isfinite().all()):
-            raise FitError(
-                f"step {step} gave non-finite gradients; the parameters were not updated by it. "
-                "Lower lr or regularize the flow"
-            )
-        optimizer.step()  # finite gradients give finite Adam updates
-        if ema is not None and ema_update is not None:
-            ema_update(ema, [p.detach() for p in params], None)
-        result.train_time += time.perf_counter() - tick
-        result.losses.append(value)
-        result.num_steps = step + 1
-        last = step == num_steps - 1
-        if validate is not None and ((step + 1) % eval_every == 0 or last):
-            current = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                if ema is not None:
-                    _copy(params, ema)
-                nll = validate()
-                evaluated = [p.detach().clone() for p in params]
-                _copy(params, current)
-            result.val_steps.append(step + 1)
-            result.val_nll.append(nll)
-            result.val_train_time.append(result.train_time)
-            if result.best_val_nll is None or nll < result.best_val_nll:
-                result.best_val_nll, result.best_step, best_state = nll, step + 1, evaluated
-            if nll < best_for_patience - min_delta:
-                best_for_patience, bad_evals = nll, 0
-            else:
-                bad_evals += 1
-            bar.set_postfix(loss=f"{value:.4g}", val_nll=f"{nll:.4g}")
-            if patience is not None and bad_evals >= patience:
-                result.stopped_early = True
-                break
-        elif step % 10 == 0:
-            bar.set_postfix(loss=f"{value:.4g}")
-        if callback is not None and callback(result) is True:
-            break
-    with torch.no_grad():
-        if best_state is not None:
-            _copy(params, best_state)
-        elif ema is not None:
-            _copy(params, ema)
-    result.wall_time = time.perf_counter() - start
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach(), params
+
+    def update(_: object) -> None:
+        optimizer.step()
+
+    ema = (params, ema_decay) if ema_decay is not None else None
+    train(gradients, update, result, desc=desc, ema=ema, params=params, **loop)
     return result
 
 
@@ -385,7 +297,7 @@ def fit_density(
     if seed is not None:
         pyro.set_rng_seed(seed)
     distribution = _distribution(flow, dim, base)
-    batches = minibatches(data.shape[0], batch_size, data.device)
+    batches = sharded_minibatches(data.shape[0], batch_size, data.device)
 
     def objective() -> Tensor:
         rows = next(batches)
@@ -404,18 +316,18 @@ def fit_density(
     params = [p for p in flow.parameters() if p.requires_grad]
     result = DensityFitResult(distribution)
     flow.train()
-    return _train_loop(
+    return run(
         result,
         objective,
         params,
-        num_steps=num_steps,
+        desc="MLE",
         lr=lr,
+        ema_decay=ema_decay,
+        num_steps=num_steps,
         validate=validate,
         eval_every=eval_every,
         patience=patience,
         min_delta=min_delta,
-        ema_decay=ema_decay,
         progress=progress,
-        desc="MLE",
         callback=callback,
     )

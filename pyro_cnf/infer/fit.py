@@ -1,11 +1,10 @@
-"""Fitting a guide with Pyro's SVI: progress, loss history, NaN guard, regularization, annealing."""
+"""Fitting a guide with Pyro's SVI: history, NaN guard, regularization, annealing, processes."""
 
 from __future__ import annotations
 
-import math
-import time
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,33 +13,28 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO, TraceTailAdaptive_ELBO
 from pyro.infer.elbo import ELBO
+from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from .._checks import check_number
+from .training import FitError, Replicas, SubsampleShards, TrainingHistory, train
 
 __all__ = ["FitError", "FitResult", "fit_svi"]
 
 
-class FitError(RuntimeError):
-    """SVI produced a non-finite loss or parameter; the last good parameters were restored."""
+@dataclass(kw_only=True)
+class FitResult(TrainingHistory):
+    r"""What :func:`fit_svi` did, step by step.
 
-
-@dataclass
-class FitResult:
-    r"""What :func:`fit_svi` did.
+    The fields of :class:`~pyro_cnf.infer.training.TrainingHistory` (``losses``: the objective
+    at every step, the negative ELBO plus any regularization; during annealing, of the tempered
+    model), and:
 
     Attributes:
-        losses: The objective at every step (negative ELBO plus any regularization; during
-            annealing, of the tempered model).
         betas: The inverse temperature :math:`\beta` of every step (all 1 without annealing).
-        num_steps: Steps taken.
-        wall_time: Seconds spent.
     """
 
-    losses: list[float] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
-    num_steps: int = 0
-    wall_time: float = 0.0
 
 
 def _cnf_modules(guide: Any) -> list[Any]:
@@ -57,18 +51,6 @@ def regularization_penalty(guide: Any) -> Tensor | float:
         for term in module.regularization_terms.values():
             total = total + term.mean()
     return total
-
-
-def _snapshot() -> dict[str, Tensor]:
-    """Copies of the (unconstrained) parameters in Pyro's param store."""
-    return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
-
-
-def _restore(snapshot: dict[str, Tensor]) -> None:
-    with torch.no_grad():
-        for name, p in pyro.get_param_store().named_parameters():
-            if name in snapshot:
-                p.copy_(snapshot[name])
 
 
 def fit_svi(
@@ -89,9 +71,13 @@ def fit_svi(
 
     Minimises :math:`-\mathrm{ELBO} + \lambda \sum_k \overline{R_k}`, where :math:`R_k` are the
     regularization terms of the guide's CNFs (their ``regularization=("kinetic", "jacobian")``
-    option) and :math:`\lambda` is ``regularization_weight``. If a step gives a non-finite loss or
-    parameter, the parameters are put back to their values before that step and
-    :class:`FitError` names the step.
+    option) and :math:`\lambda` is ``regularization_weight``. A step whose loss or gradients are not
+    finite is not applied, and :class:`FitError` names it.
+
+    **Several processes.** Under ``torchrun`` with an initialised process group, the fit is
+    data-parallel: every rank starts from rank 0's guide, each subsampled ``pyro.plate`` draws
+    disjoint indices per rank (the model's ``subsample_size`` per process), and the gradients are
+    averaged over the ranks at every step (:mod:`pyro_cnf.infer.training`).
 
     **Annealing.** With ``anneal_steps = n > 0`` the first ``n`` steps fit the tempered target
     :math:`p(\theta, y)^{\beta_t}`, :math:`\beta_t` rising linearly from ``anneal_start`` to 1
@@ -184,41 +170,49 @@ def fit_svi(
 
         loss_fn = objective
     svi = SVI(svi_model, guide, optimizer, loss=loss_fn)
+    replicas = Replicas.current()
+    shards = SubsampleShards(replicas) if replicas.world_size > 1 else contextlib.nullcontext()
+    initial: list[Tensor] = []
+    if replicas.world_size > 1:  # create the guide's parameters, to start every rank from rank 0's
+        with poutine.trace(param_only=True) as capture:
+            guide(*args, **kwargs)
+        initial = _unconstrained(capture.trace)
 
-    from tqdm.auto import tqdm
+    def gradients() -> tuple[Tensor, list[Tensor]]:
+        with shards, poutine.trace(param_only=True) as capture, warnings.catch_warnings():
+            # a NaN loss gets the loop's FitError, not Pyro's warning
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            value = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+        return torch.as_tensor(value, dtype=torch.float64).detach(), _unconstrained(capture.trace)
+
+    def update(params: Sequence[Tensor]) -> None:
+        svi.optim(params)
+        zero_grads(params)
+
+    def before_step(step: int) -> None:
+        beta[0] = (
+            anneal_start + (1.0 - anneal_start) * step / anneal_steps
+            if step < anneal_steps
+            else 1.0
+        )
 
     result = FitResult()
-    start = time.perf_counter()
-    bar = tqdm(range(num_steps), disable=not progress, desc="SVI", leave=False)
-    for step in bar:
-        if step < anneal_steps:
-            beta[0] = anneal_start + (1.0 - anneal_start) * step / anneal_steps
-        else:
-            beta[0] = 1.0
-        snapshot = _snapshot()
-        with warnings.catch_warnings():  # a NaN loss gets our FitError below, not Pyro's warning
-            warnings.filterwarnings("ignore", message="Encountered NaN")
-            value = float(svi.step(*args, **kwargs))
-        bad_params = [
-            n for n, p in pyro.get_param_store().named_parameters() if not torch.isfinite(p).all()
-        ]
-        if not math.isfinite(value) or bad_params:
-            _restore(snapshot)
-            what = (
-                f"loss {value}"
-                if not math.isfinite(value)
-                else f"non-finite parameters {bad_params}"
-            )
-            restored = (
-                f"restored to their values after step {step - 1}"
-                if step
-                else "not restored (they were created by this first step)"
-            )
-            raise FitError(f"SVI step {step} gave {what}; parameters {restored}")
-        result.losses.append(value)
-        result.betas.append(beta[0])
-        if step % 10 == 0 or step == num_steps - 1:
-            bar.set_postfix(loss=f"{value:.4g}")
-    result.num_steps = num_steps
-    result.wall_time = time.perf_counter() - start
+    train(
+        gradients,
+        update,
+        result,
+        num_steps=num_steps,
+        desc="SVI",
+        progress=progress,
+        before_step=before_step,
+        after_step=lambda step, value: result.betas.append(beta[0]),
+        params=initial,
+        replicas=replicas,
+    )
     return result
+
+
+def _unconstrained(trace: Any) -> list[Tensor]:
+    """The unconstrained tensors of a param-only trace's sites, in the order they were met."""
+    params = (site["value"].unconstrained() for site in trace.nodes.values())
+    return list(dict.fromkeys(params))

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..transforms.continuous import CNF, ConditionalCNF, _CNFBase
-from ._data import check_rows, chunks, minibatches, parameter_dtype
+from ._data import check_rows, chunks, parameter_dtype
 from .density import (
     DensityFitResult,
     _check_dataset,
@@ -44,9 +44,10 @@ from .density import (
     _check_training_options,
     _distribution,
     _mean_nll,
-    _train_loop,
+    run,
 )
 from .diagnostics import exact_scoring
+from .training import sharded_minibatches
 
 __all__ = ["fit_flow_matching", "ot_coupling", "reflow", "reflow_pairs"]
 
@@ -209,7 +210,7 @@ def fit_flow_matching(
     if seed is not None:
         pyro.set_rng_seed(seed)
     field, T = flow.field, flow.T
-    batches = minibatches(data.shape[0], batch_size, data.device)
+    batches = sharded_minibatches(data.shape[0], batch_size, data.device)
 
     def objective() -> Tensor:
         rows = next(batches)
@@ -232,19 +233,19 @@ def fit_flow_matching(
 
     params = [p for p in flow.parameters() if p.requires_grad]
     result = DensityFitResult(distribution)
-    return _train_loop(
+    return run(
         result,
         objective,
         params,
-        num_steps=num_steps,
+        desc="flow matching",
         lr=lr,
+        ema_decay=ema_decay,
+        num_steps=num_steps,
         validate=validate,
         eval_every=eval_every,
         patience=patience,
         min_delta=min_delta,
-        ema_decay=ema_decay,
         progress=progress,
-        desc="flow matching",
         callback=callback,
     )
 
