@@ -39,6 +39,24 @@ def parameter_dtype(flow: object) -> torch.dtype | None:
     return None
 
 
+def parameter_device(flow: object) -> torch.device:
+    """The device of a flow's first parameter (the CPU without parameters)."""
+    if isinstance(flow, nn.Module):
+        for p in flow.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def check_device(name: str, x: object, flow: object) -> None:
+    """Refuse a tensor on another device than the flow's parameters (naming both)."""
+    device = parameter_device(flow)
+    if isinstance(x, Tensor) and x.device != device:
+        raise ValueError(
+            f"{name} is on {x.device} but the flow's parameters are on {device}; move one of "
+            f"them (e.g. {name}.to('{device}') or flow.to('{x.device}'))"
+        )
+
+
 def check_rows(name: str, x: object, dim: int | None, dtype: torch.dtype | None = None) -> Tensor:
     """Check that ``x`` is a finite ``(num_points, dim)`` floating tensor; name any bad rows.
 

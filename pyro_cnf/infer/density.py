@@ -28,10 +28,12 @@ from ..distributions import ConditionalFlowDistribution, FlowDistribution
 from ._data import (
     check_batch_size,
     check_context_rows,
+    check_device,
     check_rows,
     chunks,
     flow_input_dim,
     is_conditional,
+    parameter_device,
     parameter_dtype,
 )
 from .diagnostics import exact_scoring
@@ -56,15 +58,16 @@ class DensityFitResult(TrainingHistory):
     distribution: FlowDistribution | ConditionalFlowDistribution
 
 
-def _standard_normal(dim: int, dtype: torch.dtype | None) -> dist.Distribution:
-    zeros = torch.zeros(dim, dtype=dtype if dtype is not None else torch.get_default_dtype())
+def _standard_normal(dim: int, flow: Any) -> dist.Distribution:
+    dtype = parameter_dtype(flow) or torch.get_default_dtype()
+    zeros = torch.zeros(dim, dtype=dtype, device=parameter_device(flow))
     return dist.Normal(zeros, 1.0).to_event(1)
 
 
 def _distribution(
     flow: Any, dim: int, base: dist.Distribution | None
 ) -> FlowDistribution | ConditionalFlowDistribution:
-    base = base if base is not None else _standard_normal(dim, parameter_dtype(flow))
+    base = base if base is not None else _standard_normal(dim, flow)
     if is_conditional(flow):
         return ConditionalFlowDistribution(base, [flow])
     return FlowDistribution(base, [flow])
@@ -184,6 +187,14 @@ def _check_dataset(
     batch_size: int,
 ) -> tuple[int, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Check training and validation rows against the flow; return ``(dim, data, ctx, val, val_ctx)``."""
+    given = (
+        ("data", data),
+        ("context", context),
+        ("val_data", val_data),
+        ("val_context", val_context),
+    )
+    for name, value in given:
+        check_device(name, value, flow)
     dtype = parameter_dtype(flow)
     data = check_rows("data", data, flow_input_dim(flow), dtype)
     dim = data.shape[1]

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..transforms.continuous import CNF, ConditionalCNF, _CNFBase
-from ._data import check_rows, chunks, parameter_dtype
+from ._data import check_rows, chunks, parameter_device, parameter_dtype
 from .density import (
     DensityFitResult,
     _check_dataset,
@@ -299,7 +299,7 @@ def reflow_pairs(
         num_pairs = context.shape[0]
     if not isinstance(num_pairs, int) or isinstance(num_pairs, bool) or num_pairs < 1:
         raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
-    x0 = torch.randn(num_pairs, flow.input_dim, dtype=dtype)
+    x0 = torch.randn(num_pairs, flow.input_dim, dtype=dtype, device=parameter_device(flow))
     images = []
     with torch.no_grad(), exact_scoring(flow):
         for rows in chunks(num_pairs, batch_size):
