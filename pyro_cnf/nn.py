@@ -94,9 +94,9 @@ class MLPField(nn.Module):
     Jacobian of :math:`h_{L-1}`. ``G`` and ``c`` start at zero.
 
     Train gated fields with an adaptive solver (the default ``Solver()``): their rates can make
-    the flow stiff, and with a fixed-step solver the optimizer learned to exploit the gap between
-    the integrated log-determinant and the discrete map (on centered eight schools the training
-    loss fell below :math:`-\log Z`; see ``docs/benchmarks.md``).
+    the flow stiff, and under a fixed-step solver the optimizer can exploit the gap between the
+    integrated log-determinant and the discrete map, so that the training loss falls below
+    :math:`-\log Z`.
 
     Arguments:
         dim: Dimension :math:`d` of :math:`z`.
