@@ -14,9 +14,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.distributed
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_mean
 
-from pyro_cnf import fit_density, fit_svi, make_flow
+from pyro_cnf import AutoCNF, Solver, fit_density, fit_svi, make_flow
 from pyro_cnf.infer.training import sharded_minibatches
 
 NUM_POINTS = 16
@@ -54,6 +55,25 @@ def svi_fit(subsample_size: int | None) -> tuple[dict[str, torch.Tensor], list[l
     return params, seen
 
 
+def cnf_svi_fit() -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Three SVI steps of AutoCNF (two vectorized particles, fixed-step RK4): parameters, NFE."""
+    y = torch.tensor([1.2, 0.4, 2.1])
+
+    def model() -> None:
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", 3):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    pyro.clear_param_store()
+    guide = AutoCNF(model, hidden_dims=(8,), solver=Solver("rk4", steps=4))
+    loss = Trace_ELBO(num_particles=2, vectorize_particles=True)
+    fit_svi(model, guide, num_steps=3, loss=loss, progress=False)
+    stats = guide.flow.stats
+    counts = {"forward": stats.nfe_forward, "inverse": stats.nfe_inverse, "last": stats.last_nfe}
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    return params, counts
+
+
 def main(out: Path) -> None:
     torch.distributed.init_process_group("gloo")
     torch.set_default_dtype(torch.float64)
@@ -63,6 +83,7 @@ def main(out: Path) -> None:
     epoch = [next(batches).tolist() for _ in range(NUM_POINTS // (4 * world))]
     density_state, density_losses = density_fit(NUM_POINTS // world)
     svi_params, svi_seen = svi_fit(NUM_POINTS // world)
+    cnf_params, cnf_nfe = cnf_svi_fit()
     torch.save(
         {
             "world_size": world,
@@ -71,6 +92,8 @@ def main(out: Path) -> None:
             "density_losses": density_losses,
             "svi_params": svi_params,
             "svi_seen": svi_seen,
+            "cnf_params": cnf_params,
+            "cnf_nfe": cnf_nfe,
         },
         out / f"rank{rank}.pt",
     )

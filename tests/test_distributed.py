@@ -83,3 +83,16 @@ def test_the_example_gives_the_same_held_out_nll_on_two_processes_as_on_one(tmp_
     # both fits come within 0.5 nats of the true density's NLL on the same held-out points
     for result in results.values():
         assert 0 < result["val_nll"] - result["true_nll"] < 0.5
+
+
+def test_each_rank_counts_its_own_solves_and_the_ranks_keep_one_cnf_guide(ranks):
+    _, one = fits.cnf_svi_fit()
+    assert one["inverse"] == 0 and one["forward"] == 4 * one["last"]  # 3 steps + the set-up
+    for rank in ranks:
+        # one forward solve per step and no inverse solve on every process; the extra solve is
+        # the call that builds the guide so that every rank can start from rank 0's parameters
+        assert rank["cnf_nfe"] == {**one, "forward": one["forward"] + one["last"]}
+    # different particle draws on the two ranks, averaged gradients: identical parameters
+    assert ranks[0]["cnf_params"].keys() == ranks[1]["cnf_params"].keys()
+    for name, value in ranks[0]["cnf_params"].items():
+        assert torch.equal(ranks[1]["cnf_params"][name], value), name

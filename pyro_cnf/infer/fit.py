@@ -173,10 +173,14 @@ def fit_svi(
     replicas = Replicas.current()
     shards = SubsampleShards(replicas) if replicas.world_size > 1 else contextlib.nullcontext()
     initial: list[Tensor] = []
-    if replicas.world_size > 1:  # create the guide's parameters, to start every rank from rank 0's
-        with poutine.trace(param_only=True) as capture:
-            guide(*args, **kwargs)
-        initial = _unconstrained(capture.trace)
+    if replicas.world_size > 1:
+        # build the guide, then start every rank from rank 0's param store (fixed entries too,
+        # such as a warm start's factor), in the order of their names
+        guide(*args, **kwargs)
+        store = pyro.get_param_store()
+        initial = [store.get_param(name).unconstrained() for name in sorted(store.keys())]
+        if isinstance(guide, torch.nn.Module):
+            replicas.broadcast_([b for b in guide.buffers() if b.is_floating_point()])
 
     def gradients() -> tuple[Tensor, list[Tensor]]:
         with shards, poutine.trace(param_only=True) as capture, warnings.catch_warnings():

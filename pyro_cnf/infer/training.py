@@ -257,7 +257,7 @@ class SubsampleShards(Messenger):
         fn = msg["fn"]
         if not isinstance(fn, _Subsample) or msg["value"] is not None or msg["done"]:
             return
-        if fn.subsample_size >= fn.size:
+        if fn.subsample_size is None or fn.subsample_size >= fn.size:
             return
         stream = self._streams.get(msg["name"])
         if stream is None:
