@@ -41,6 +41,7 @@ GROUPS: dict[str, str] = {
     "pyro_cnf.divergence": "Trace strategies",
     "pyro_cnf.ode": "ODE solvers",
     "pyro_cnf.infer.guides": "Guides for SVI",
+    "pyro_cnf.infer.amortized": "Guides for SVI",
     "pyro_cnf.infer.fit": "Fitting a guide",
     "pyro_cnf.infer.objectives": "Objectives",
     "pyro_cnf.infer.diagnostics": "Importance diagnostics",

@@ -6,6 +6,7 @@ from .datasets import eight_gaussians, gaussian_mixture
 from .distributions import ConditionalFlowDistribution, FlowDistribution
 from .divergence import Divergence, Exact, Hutchinson
 from .infer import (
+    AutoAmortizedCNF,
     AutoCNF,
     AutoFlow,
     DensityFitResult,
@@ -47,6 +48,7 @@ __all__ = [
     "CNF",
     "AnomalyDetector",
     "AnomalyReport",
+    "AutoAmortizedCNF",
     "AutoCNF",
     "AutoFlow",
     "ConditionalCNF",

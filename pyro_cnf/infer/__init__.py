@@ -1,5 +1,6 @@
 """Inference with flows: guides for SVI, fitting, importance diagnostics, density estimation."""
 
+from .amortized import AutoAmortizedCNF
 from .density import DensityFitResult, fit_density
 from .diagnostics import (
     ImportanceDiagnostics,
@@ -14,6 +15,7 @@ from .guides import AutoCNF, AutoFlow
 from .objectives import InclusiveKL
 
 __all__ = [
+    "AutoAmortizedCNF",
     "AutoCNF",
     "AutoFlow",
     "DensityFitResult",
