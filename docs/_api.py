@@ -20,6 +20,7 @@ MODULES: list[tuple[str, str]] = [
     ("pyro_cnf.infer", "pyro_cnf.infer: guides, fitting, diagnostics"),
     ("pyro_cnf.models", "pyro_cnf.models: the model zoo with reference answers"),
     ("pyro_cnf.arviz", "pyro_cnf.arviz: ArviZ integration"),
+    ("pyro_cnf.reference", "pyro_cnf.reference: comparison with a reference posterior"),
     ("pyro_cnf.anomaly", "pyro_cnf.anomaly: anomaly detection"),
     ("pyro_cnf.datasets", "pyro_cnf.datasets: toy data sets"),
     ("pyro_cnf.nn", "pyro_cnf.nn: vector fields"),
@@ -46,6 +47,7 @@ GROUPS: dict[str, str] = {
     "pyro_cnf.infer.density": "Density estimation",
     "pyro_cnf.infer.flow_matching": "Flow matching",
     "pyro_cnf.arviz": "ArviZ",
+    "pyro_cnf.reference": "Comparison with a reference posterior",
     "pyro_cnf.anomaly": "Anomaly detection",
     "pyro_cnf.datasets": "Toy data sets",
 }
