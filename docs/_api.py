@@ -35,7 +35,7 @@ MODULES: list[tuple[str, str]] = [
 GROUPS: dict[str, str] = {
     "pyro_cnf.transforms.continuous": "Continuous normalizing flows",
     "pyro_cnf.transforms.registry": "The flow registry",
-    "pyro_cnf.transforms.stacks": "Flow stacks",
+    "pyro_cnf.transforms.compose": "Flow stacks",
     "pyro_cnf.distributions": "Flow distributions",
     "pyro_cnf.nn": "Vector fields",
     "pyro_cnf.divergence": "Trace strategies",
