@@ -21,6 +21,7 @@ MODULES: list[tuple[str, str]] = [
     ("pyro_cnf.infer.training", "pyro_cnf.infer.training: the training loop and several processes"),
     ("pyro_cnf.models", "pyro_cnf.models: the model zoo with reference answers"),
     ("pyro_cnf.arviz", "pyro_cnf.arviz: ArviZ integration"),
+    ("pyro_cnf.reference", "pyro_cnf.reference: comparison with a reference posterior"),
     ("pyro_cnf.anomaly", "pyro_cnf.anomaly: anomaly detection"),
     ("pyro_cnf.datasets", "pyro_cnf.datasets: toy data sets"),
     ("pyro_cnf.nn", "pyro_cnf.nn: vector fields"),
@@ -35,7 +36,7 @@ MODULES: list[tuple[str, str]] = [
 GROUPS: dict[str, str] = {
     "pyro_cnf.transforms.continuous": "Continuous normalizing flows",
     "pyro_cnf.transforms.registry": "The flow registry",
-    "pyro_cnf.transforms.stacks": "Flow stacks",
+    "pyro_cnf.transforms.compose": "Flow stacks",
     "pyro_cnf.distributions": "Flow distributions",
     "pyro_cnf.nn": "Vector fields",
     "pyro_cnf.divergence": "Trace strategies",
@@ -48,6 +49,7 @@ GROUPS: dict[str, str] = {
     "pyro_cnf.infer.density": "Density estimation",
     "pyro_cnf.infer.flow_matching": "Flow matching",
     "pyro_cnf.arviz": "ArviZ",
+    "pyro_cnf.reference": "Comparison with a reference posterior",
     "pyro_cnf.anomaly": "Anomaly detection",
     "pyro_cnf.datasets": "Toy data sets",
 }

@@ -1,7 +1,7 @@
 """pyro-cnf: continuous and discrete normalizing flows for Pyro."""
 
 from .anomaly import AnomalyDetector, AnomalyReport
-from .arviz import compare_to_reference, pareto_smooth, to_inference_data, vi_loo
+from .arviz import pareto_smooth, to_inference_data, vi_loo
 from .datasets import eight_gaussians, gaussian_mixture
 from .distributions import ConditionalFlowDistribution, FlowDistribution
 from .divergence import Divergence, Exact, Hutchinson
@@ -27,6 +27,7 @@ from .infer import (
 )
 from .nn import MLPField
 from .ode import Solver, SolverError, solve
+from .reference import compare_to_reference
 from .transforms import (
     CNF,
     ConditionalCNF,

@@ -1,4 +1,4 @@
-r"""ArviZ integration: InferenceData from any guide, PSIS, LOO for VI draws, reference comparison.
+r"""ArviZ integration: InferenceData from any guide, PSIS, LOO for VI draws.
 
 ArviZ's ``from_pyro`` converts MCMC runs only. :func:`to_inference_data` converts a fitted guide
 (ours or Pyro's autoguides): it draws :math:`\theta_s \sim q` and stores, next to every draw, the
@@ -8,13 +8,15 @@ log joint :math:`\log p(\theta_s, y)` (``lp``), the guide's log-density :math:`\
 * :func:`pareto_smooth` gives Pareto-smoothed weights and :math:`\hat k` (Vehtari et al., PSIS);
 * :func:`vi_loo` gives leave-one-out cross-validation corrected for the draws coming from
   :math:`q` rather than the posterior (Magnusson et al., 2019); plain ``az.loo`` treats them as
-  posterior draws and is wrong;
-* :func:`compare_to_reference` compares the result with a reference (e.g. NUTS) InferenceData.
+  posterior draws and is wrong.
 
-This is the only module that knows ArviZ: it is imported lazily (``import pyro_cnf`` never imports
+:func:`~pyro_cnf.reference.compare_to_reference` compares the result with a reference (e.g. NUTS)
+InferenceData.
+
+This module holds what knows ArviZ: it is imported lazily (``import pyro_cnf`` never imports
 ArviZ), and the functions that depend on the ArviZ version (0.x or 1.x: ``from_dict``'s signature,
-the sign convention of ``psislw``, the ELPD container) are the small private functions below,
-keyed on the installed major version. Install with ``pip install "pyro-cnf[arviz]"``.
+the sign convention of ``psislw``, the ELPD container) are the small functions of
+``pyro_cnf/_arviz_compat.py``, keyed on the installed major version. Install with ``pip install "pyro-cnf[arviz]"``.
 
 References:
     * Vehtari, Simpson, Gelman, Yao, Gabry. *Pareto smoothed importance sampling*. JMLR 25(72),
@@ -27,13 +29,11 @@ References:
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyro
@@ -42,148 +42,13 @@ import torch
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from torch import Tensor
 
+from ._arviz_compat import add_group, arviz_major, elpd_data, from_dict, group, psislw, require
 from .infer.diagnostics import ImportanceDraws, importance_draws
 from .infer.fit import FitResult
 
-if TYPE_CHECKING:
-    import pandas as pd
+__all__ = ["pareto_smooth", "to_inference_data", "vi_loo"]
 
-__all__ = ["compare_to_reference", "pareto_smooth", "to_inference_data", "vi_loo"]
-
-_EXTRA = 'pip install "pyro-cnf[arviz]"'
 _LOSS_GROUP = "loss_history"
-
-
-# ----------------------------------------------------------------------------------------------
-# Lazy imports and the version-dependent pieces (keep every ArviZ version difference here).
-# ----------------------------------------------------------------------------------------------
-
-
-def _require(module: str) -> Any:
-    """Import ``module`` (ArviZ or one of its dependencies), naming the extra when it is missing."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(
-            f"{module} is required for pyro_cnf.arviz but could not be imported ({error}); "
-            f"install it with: {_EXTRA}"
-        ) from error
-
-
-def _arviz_major() -> int:
-    """The installed ArviZ major version (0 for the 0.x line, 1 for the arviz-base/stats line)."""
-    return int(str(_require("arviz").__version__).split(".")[0])
-
-
-def _psislw(log_weights: np.ndarray, r_eff: float) -> tuple[np.ndarray, np.ndarray]:
-    """ArviZ's PSIS along the last axis: normalized smoothed log-weights and Pareto k."""
-    if _arviz_major() >= 1:
-        array_stats = _require("arviz_stats.base").array_stats
-        # arviz-stats 1.x expects log-likelihoods and negates its input (LOO ratios are 1/p(y_i|θ)):
-        # the log-weights go in negated, or the fit lands on the wrong tail.
-        try:
-            smoothed, khat = array_stats.psislw(-log_weights, r_eff=r_eff, axis=-1)
-        except ValueError as error:  # no tail to fit: answer as ArviZ 0.x does
-            message = str(error)
-            if "n_draws_tail" in message:  # too few draws
-                k = np.inf
-            elif "tail values are the same" in message:  # equal weights: set by the caller
-                k = np.inf
-            else:
-                raise
-            normalizer = np.logaddexp.reduce(log_weights, axis=-1, keepdims=True)
-            smoothed, khat = log_weights - normalizer, np.full(log_weights.shape[:-1], k)
-    else:
-        smoothed, khat = _require("arviz").psislw(log_weights, reff=r_eff)
-    return np.asarray(smoothed, dtype=np.float64), np.asarray(khat, dtype=np.float64)
-
-
-def _from_dict(
-    groups: dict[str, dict[str, np.ndarray]],
-    coords: Mapping[str, Any] | None,
-    dims: Mapping[str, Sequence[str]] | None,
-    attrs: dict[str, Any],
-) -> Any:
-    """ArviZ's ``from_dict``: keyword groups in 0.x, one nested dict in 1.x."""
-    coords = dict(coords) if coords is not None else None
-    dims = {k: list(v) for k, v in dims.items()} if dims is not None else None
-    if _arviz_major() >= 1:
-        return _require("arviz_base").from_dict(
-            groups, coords=coords, dims=dims, attrs={"/": attrs, "posterior": dict(attrs)}
-        )
-    return _require("arviz").from_dict(
-        **groups, coords=coords, dims=dims, attrs=attrs, posterior_attrs=dict(attrs)
-    )
-
-
-def _add_group(data: Any, name: str, dataset: Any) -> Any:
-    """Attach an ``xarray.Dataset`` as a custom group."""
-    if _arviz_major() >= 1:
-        data[name] = _require("xarray").DataTree(dataset)
-    else:
-        data.add_groups({name: dataset})
-    return data
-
-
-def _elpd_data(
-    *,
-    elpd: float,
-    se: float,
-    p_loo: float,
-    n_samples: int,
-    n_data_points: int,
-    warning: bool,
-    good_k: float,
-    elpd_i: Any,
-    pareto_k: Any,
-) -> Any:
-    """ArviZ's ELPD container (a ``pandas.Series`` in 0.x, a dataclass in 1.x)."""
-    if _arviz_major() >= 1:
-        fields = {
-            "elpd": elpd,
-            "se": se,
-            "p": p_loo,
-            "n_samples": n_samples,
-            "n_data_points": n_data_points,
-            "scale": "log",
-            "warning": warning,
-            "good_k": good_k,
-            "elpd_i": elpd_i,
-            "pareto_k": pareto_k,
-            "approx_posterior": True,
-        }
-        utils = _require("arviz_stats.utils")
-        loo_class = getattr(utils, "ELPDDataLOO", None)  # arviz-stats >= 1.3: one class per kind
-        if loo_class is not None:
-            return loo_class(**fields)
-        return utils.ELPDData(kind="loo", **fields)
-    elpd_data = _require("arviz.stats").ELPDData
-    return elpd_data(
-        data=[
-            elpd,
-            se,
-            p_loo,
-            n_samples,
-            n_data_points,
-            warning,
-            elpd_i,
-            pareto_k,
-            "log",
-            good_k,
-        ],
-        index=[
-            "elpd_loo",
-            "se",
-            "p_loo",
-            "n_samples",
-            "n_data_points",
-            "warning",
-            "loo_i",
-            "pareto_k",
-            "scale",
-            "good_k",
-        ],
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,14 +60,6 @@ def _numpy(value: Tensor) -> np.ndarray:
     return (
         value.detach().cpu().to(torch.float64 if value.is_floating_point() else value.dtype).numpy()
     )
-
-
-def _group(data: Any, name: str, hint: str) -> Any:
-    """One group of an InferenceData (0.x) or DataTree (1.x), or a clear error."""
-    try:
-        return data[name]
-    except KeyError:
-        raise ValueError(f"the data has no {name!r} group: {hint}") from None
 
 
 def _guide_name(guide: Any) -> str:
@@ -331,7 +188,7 @@ def pareto_smooth(
         raise ValueError("log_weights contains NaN or inf")
     if not r_eff > 0:
         raise ValueError(f"r_eff must be > 0, got {r_eff!r}")
-    smoothed, khat = _psislw(values, float(r_eff))
+    smoothed, khat = psislw(values, float(r_eff))
     equal = values.max(-1) == values.min(-1)  # ArviZ 0.x says inf here, 1.x refuses
     return smoothed, np.where(equal, -np.inf, khat)
 
@@ -415,7 +272,7 @@ def to_inference_data(
         >>> data.posterior.attrs["guide"], data.loss_history["loss"].shape
         ('AutoNormal', (200,))
     """
-    _require("arviz")
+    require("arviz")
     _check_fitted(guide)
     draws = importance_draws(
         model,
@@ -472,15 +329,15 @@ def to_inference_data(
         "pareto_k_threshold": min(1 - 1 / math.log10(num_samples), 0.7),
         "elbo": float(log_w.mean()),
     }
-    data = _from_dict(groups, coords, dims, attrs)
+    data = from_dict(groups, coords, dims, attrs)
     if losses is not None:
         history = losses.losses if isinstance(losses, FitResult) else list(losses)
         values = np.asarray(history, dtype=np.float64)
         if values.ndim != 1:
             raise ValueError(f"losses must be a sequence of numbers, got shape {values.shape}")
-        xr = _require("xarray")
+        xr = require("xarray")
         dataset = xr.Dataset({"loss": ("step", values)}, coords={"step": np.arange(values.size)})
-        data = _add_group(data, _LOSS_GROUP, dataset)
+        data = add_group(data, _LOSS_GROUP, dataset)
     return data
 
 
@@ -533,9 +390,9 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
         >>> round(float(elpd), 1), bool((loo["pareto_k"] < 0.7).all())
         (-8.3, True)
     """
-    _require("arviz")
+    require("arviz")
     hint = "build it with pyro_cnf.arviz.to_inference_data(..., log_likelihood=True)"
-    log_lik_group = _group(data, "log_likelihood", hint)
+    log_lik_group = group(data, "log_likelihood", hint)
     names = list(log_lik_group.data_vars)
     if var_name is None:
         if len(names) != 1:
@@ -545,7 +402,7 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
         var_name = names[0]
     elif var_name not in names:
         raise ValueError(f"no log-likelihood named {var_name!r}; the data has {names}")
-    stats = _group(data, "sample_stats", hint)
+    stats = group(data, "sample_stats", hint)
     if "log_weight" not in stats.data_vars:
         raise ValueError(
             "sample_stats has no log_weight (log p - log q of each draw): vi_loo is for draws "
@@ -563,7 +420,7 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
     ).reshape(num_samples)
     if not (np.isfinite(ll).all() and np.isfinite(log_w).all()):
         raise ValueError("the log-likelihood or the log-weights contain NaN or inf")
-    scipy_special = _require("scipy.special")
+    scipy_special = require("scipy.special")
     loo_log_w, pareto_k = pareto_smooth(log_w[None, :] - ll)  # per observation
     elpd_i = scipy_special.logsumexp(loo_log_w + ll, axis=-1)
     posterior_log_w, _ = pareto_smooth(log_w)
@@ -579,10 +436,10 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
             stacklevel=2,
         )
     template = log_lik.isel(chain=0, draw=0, drop=True)
-    return _elpd_data(
+    return elpd_data(
         elpd=float(elpd_i.sum()),
         # the installed line's convention: ArviZ 0.x divides the variance by n, 1.x by n - 1
-        se=float(math.sqrt(n_data_points * np.var(elpd_i, ddof=min(_arviz_major(), 1)))),
+        se=float(math.sqrt(n_data_points * np.var(elpd_i, ddof=min(arviz_major(), 1)))),
         p_loo=float((lppd_i - elpd_i).sum()),
         n_samples=num_samples,
         n_data_points=n_data_points,
@@ -591,187 +448,3 @@ def vi_loo(data: Any, *, var_name: str | None = None) -> Any:
         elpd_i=template.copy(data=elpd_i.reshape(obs_shape)).rename("loo_i"),
         pareto_k=template.copy(data=pareto_k.reshape(obs_shape)).rename("pareto_k"),
     )
-
-
-def _flat_draws(posterior: Any, var: str) -> tuple[np.ndarray, list[str]]:
-    """``(N, P)`` draws of one variable with its element labels (``theta[0]``, ``L[1,0]``)."""
-    array = posterior[var]
-    extra = [d for d in array.dims if d not in ("chain", "draw")]
-    array = array.transpose("chain", "draw", *extra)
-    shape = tuple(array.sizes[d] for d in extra)
-    values = np.asarray(array.values, dtype=np.float64).reshape(-1, math.prod(shape))
-    labels = (
-        [var] if not shape else [f"{var}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
-    )
-    return values, labels
-
-
-def _weighted_moments(values: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    if weights is None:
-        return values.mean(0), values.std(0, ddof=1)
-    mean = weights @ values
-    return mean, np.sqrt(weights @ (values - mean) ** 2)
-
-
-def _pair_plot(
-    labels: Sequence[str],
-    draws: np.ndarray,
-    reference: np.ndarray,
-    path: str | os.PathLike[str],
-    max_points: int = 1000,
-) -> None:
-    """An overlaid pair plot (reference vs result) saved to ``path``.
-
-    Drawn with matplotlib directly: ArviZ's pair plot moved to arviz-plots in 1.x with another
-    API, and one small implementation serves every ArviZ version.
-    """
-    figure_module = _require("matplotlib.figure")
-    k = len(labels)
-    fig = figure_module.Figure(figsize=(2.2 * k + 1, 2.2 * k), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(k, k, squeeze=False))
-
-    def thin(values: np.ndarray) -> np.ndarray:
-        step = max(1, values.shape[0] // max_points)
-        return values[::step]
-
-    ref, ours = thin(reference), thin(draws)
-    for i in range(k):
-        for j in range(k):
-            ax = axes[i, j]
-            if j > i:
-                ax.set_axis_off()
-                continue
-            if i == j:
-                bins = np.histogram_bin_edges(np.concatenate([reference[:, i], draws[:, i]]), 40)
-                ax.hist(reference[:, i], bins=bins, density=True, histtype="step", color="C0")
-                ax.hist(draws[:, i], bins=bins, density=True, histtype="step", color="C1")
-                ax.set_yticks([])
-            else:
-                ax.scatter(ref[:, j], ref[:, i], s=3, alpha=0.3, color="C0", linewidths=0)
-                ax.scatter(ours[:, j], ours[:, i], s=3, alpha=0.3, color="C1", linewidths=0)
-            if i == k - 1:
-                ax.set_xlabel(labels[j])
-            if j == 0 and i > 0:
-                ax.set_ylabel(labels[i])
-    handles = [
-        axes[0, 0].plot([], [], color="C0", label="reference")[0],
-        axes[0, 0].plot([], [], color="C1", label="result")[0],
-    ]
-    fig.legend(handles=handles, loc="outside upper right")
-    fig.savefig(os.fspath(path), format="png", dpi=80)
-
-
-def compare_to_reference(
-    data: Any,
-    reference: Any,
-    *,
-    var_names: Sequence[str] | None = None,
-    names: Mapping[str, str] | None = None,
-    weighted: bool = False,
-    pair_plot: str | os.PathLike[str] | None = None,
-    pair_plot_params: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    r"""Compare posterior means and sds with a reference posterior, in units of the reference sd.
-
-    For every scalar parameter (each element of each variable):
-
-    .. math::
-        \mathtt{mean\_error} = \frac{\bar\theta - \bar\theta_\mathrm{ref}}{\mathrm{sd}_\mathrm{ref}},
-        \qquad
-        \mathtt{sd\_error} = \frac{\mathrm{sd} - \mathrm{sd}_\mathrm{ref}}{\mathrm{sd}_\mathrm{ref}}.
-
-    Arguments:
-        data: The result, e.g. from :func:`to_inference_data`.
-        reference: Reference InferenceData, e.g. NUTS draws (all chains pooled).
-        var_names: Variables of ``data`` to compare (default: those whose reference names are
-            in both posteriors).
-        names: Reference names of ``data``'s variables where they differ, ``{ours: theirs}``.
-        weighted: Weight ``data``'s draws by their Pareto-smoothed importance weights
-            (``sample_stats.log_weight``): the importance-corrected posterior.
-        pair_plot: Where to save an overlaid pair plot (PNG) of reference and result.
-        pair_plot_params: Parameter labels to plot (default: the first 8).
-
-    Returns:
-        A ``pandas.DataFrame`` indexed by parameter label (``mu``, ``theta[0]``, ...) with
-        columns ``mean``, ``mean_ref``, ``sd``, ``sd_ref``, ``mean_error``, ``sd_error``.
-
-    Raises:
-        ValueError: If a variable is missing from either posterior or the shapes differ.
-
-    Example:
-        >>> import pyro.distributions as dist
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> def shifted():  # a guide off by 0.1 sd
-        ...     pyro.sample("x", dist.Normal(0.1, 1.0))
-        >>> def exact():
-        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> options = {"num_samples": 8000, "log_likelihood": False}
-        >>> ours = to_inference_data(model, shifted, seed=0, **options)
-        >>> reference = to_inference_data(model, exact, seed=1, **options)
-        >>> table = compare_to_reference(ours, reference)
-        >>> abs(float(table.loc["x", "mean_error"]) - 0.1) < 0.05
-        True
-    """
-    _require("arviz")
-    pandas = _require("pandas")
-    names = dict(names or {})
-    ours = _group(data, "posterior", "the result needs a posterior group")
-    theirs = _group(reference, "posterior", "the reference needs a posterior group")
-    if var_names is None:
-        var_names = [v for v in ours.data_vars if names.get(v, v) in theirs.data_vars]
-        if not var_names:
-            raise ValueError("the result and the reference share no posterior variable")
-    weights = None
-    if weighted:
-        stats = _group(data, "sample_stats", "weighted=True needs sample_stats.log_weight")
-        if "log_weight" not in stats.data_vars:
-            raise ValueError("weighted=True needs sample_stats.log_weight")
-        log_w, _ = pareto_smooth(
-            np.asarray(stats["log_weight"].transpose("chain", "draw").values).reshape(-1)
-        )
-        weights = np.exp(log_w)
-        weights /= weights.sum()
-    columns: dict[str, list[np.ndarray]] = {"ours": [], "ref": []}
-    labels: list[str] = []
-    for var in var_names:
-        ref_var = names.get(var, var)
-        if var not in ours.data_vars:
-            raise ValueError(f"the result's posterior has no variable {var!r}")
-        if ref_var not in theirs.data_vars:
-            raise ValueError(f"the reference's posterior has no variable {ref_var!r}")
-        values, var_labels = _flat_draws(ours, var)
-        ref_values, _ = _flat_draws(theirs, ref_var)
-        if values.shape[1] != ref_values.shape[1]:
-            raise ValueError(
-                f"{var!r} has {values.shape[1]} elements but the reference's {ref_var!r} has "
-                f"{ref_values.shape[1]}"
-            )
-        columns["ours"].append(values)
-        columns["ref"].append(ref_values)
-        labels.extend(var_labels)
-    draws, ref_draws = np.concatenate(columns["ours"], 1), np.concatenate(columns["ref"], 1)
-    mean, sd = _weighted_moments(draws, weights)
-    mean_ref, sd_ref = _weighted_moments(ref_draws, None)
-    table = pandas.DataFrame(
-        {
-            "mean": mean,
-            "mean_ref": mean_ref,
-            "sd": sd,
-            "sd_ref": sd_ref,
-            "mean_error": (mean - mean_ref) / sd_ref,
-            "sd_error": (sd - sd_ref) / sd_ref,
-        },
-        index=pandas.Index(labels, name="parameter"),
-    )
-    if pair_plot is not None:
-        plotted = list(pair_plot_params) if pair_plot_params is not None else labels[:8]
-        unknown = [p for p in plotted if p not in labels]
-        if unknown or len(plotted) < 1:
-            raise ValueError(f"pair_plot_params must be among {labels}, got {plotted}")
-        index = [labels.index(p) for p in plotted]
-        if weights is not None:  # plot the importance-corrected posterior: resample the draws
-            rng = np.random.default_rng(0)
-            draws = draws[rng.choice(draws.shape[0], size=draws.shape[0], p=weights)]
-        _pair_plot(plotted, draws[:, index], ref_draws[:, index], pair_plot)
-    return table

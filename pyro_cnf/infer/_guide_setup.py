@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import biject_to
 from torch.nn.utils import parametrize
 
-from ._laplace import _OUTSIDE as _LAPLACE_OUTSIDE
+from ._laplace import OUTSIDE as LAPLACE_OUTSIDE
 from ._laplace import laplace_approximation
 
 logger = logging.getLogger("pyro_cnf.infer.guides")  # where users look for the guides' messages
@@ -130,7 +130,7 @@ class LaplaceWarmStart:
                     start = torch.cat(parts).to(like)
                     if self._noncentered_sites:
                         start = self._noncentering(args, kwargs).inv(start)
-            except (NotImplementedError, *_LAPLACE_OUTSIDE):
+            except (NotImplementedError, *LAPLACE_OUTSIDE):
                 continue
             if start.shape == like.shape and torch.isfinite(start).all():
                 starts.append(start)

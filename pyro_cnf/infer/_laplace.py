@@ -21,7 +21,7 @@ __all__ = ["LaplaceApproximation", "laplace_approximation"]
 
 # A potential that raises one of these at a point is taken as +inf there (outside the support,
 # or parameters a distribution rejects, e.g. a scale that underflowed to 0).
-_OUTSIDE = (ValueError, RuntimeError, FloatingPointError, ZeroDivisionError, OverflowError)
+OUTSIDE = (ValueError, RuntimeError, FloatingPointError, ZeroDivisionError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def laplace_approximation(
                 if torch.isfinite(grad).all():
                     x.grad = grad
                     return value.detach()
-        except _OUTSIDE:
+        except OUTSIDE:
             pass
         x.grad = torch.zeros_like(x)
         return x.new_tensor(penalty)
@@ -150,7 +150,7 @@ def laplace_approximation(
                 (grad,) = torch.autograd.grad(value, y)
                 value = value.detach()
                 hess = torch.autograd.functional.hessian(potential, point)
-        except _OUTSIDE as error:
+        except OUTSIDE as error:
             return _failure(
                 f"the log density or its Hessian failed at the optimum "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:100]})",
@@ -182,7 +182,7 @@ def laplace_approximation(
         try:
             with torch.no_grad():
                 new_value = potential(candidate)
-        except _OUTSIDE:
+        except OUTSIDE:
             break
         slack = 1e-12 * (1.0 + abs(float(value)))
         if not (torch.isfinite(new_value) and float(new_value) <= float(value) + slack):

@@ -131,11 +131,11 @@ def exact_traces(guide: Any) -> Iterator[None]:
 
     Restores the divergence strategies on exit; the solvers are left as they are.
     """
-    from ..transforms.continuous import _CNFBase
+    from ..transforms.continuous import CNFBase
 
     modules = guide.modules() if isinstance(guide, torch.nn.Module) else ()
     swapped = [
-        (m, m.divergence) for m in modules if isinstance(m, _CNFBase) and not m.divergence.exact
+        (m, m.divergence) for m in modules if isinstance(m, CNFBase) and not m.divergence.exact
     ]
     for module, _ in swapped:
         module.divergence = Exact()

@@ -67,7 +67,7 @@ class SolveStats:
 class _Dynamics:
     """The augmented right-hand side ``(f, div[, 1/2 |f|^2][, |df/dz|_F^2])`` of one solve."""
 
-    def __init__(self, flow: _CNFBase, context: Tensor | None, noise: Tensor | None) -> None:
+    def __init__(self, flow: CNFBase, context: Tensor | None, noise: Tensor | None) -> None:
         self.flow = flow
         self.context = context
         self.noise = noise
@@ -93,7 +93,7 @@ class _Dynamics:
         return out
 
 
-class _CNFBase(nn.Module):
+class CNFBase(nn.Module):
     """Settings and the solve shared by :class:`CNF` and :class:`ConditionalCNF`."""
 
     def __init__(
@@ -208,7 +208,7 @@ class _CachedSolveMixin:
     def _solve(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def _owner(self) -> _CNFBase:
+    def _owner(self) -> CNFBase:
         raise NotImplementedError
 
     def _stamp(self) -> CacheKey:
@@ -272,7 +272,10 @@ class _CachedSolveMixin:
         return self  # type: ignore[return-value]
 
 
-class CNF(_CachedSolveMixin, _CNFBase, TransformModule):
+_CNFBase = CNFBase  # the former name, still imported by infer/fit.py and infer/flow_matching.py
+
+
+class CNF(_CachedSolveMixin, CNFBase, TransformModule):
     r"""A continuous normalizing flow, as a Pyro ``TransformModule``.
 
     The forward map integrates :math:`\dot z = f(z, t)` from :math:`0` to :math:`T`; the inverse
@@ -332,7 +335,7 @@ class CNF(_CachedSolveMixin, _CNFBase, TransformModule):
         check_positive_int("input_dim", input_dim)
         if field is None:
             field = MLPField(input_dim)
-        _CNFBase.__init__(
+        CNFBase.__init__(
             self,
             input_dim,
             field,
@@ -347,7 +350,7 @@ class CNF(_CachedSolveMixin, _CNFBase, TransformModule):
     def _solve(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         return self._integrate(x, None, inverse)
 
-    def _owner(self) -> _CNFBase:
+    def _owner(self) -> CNFBase:
         return self
 
     __hash__ = TransformModule.__hash__
@@ -364,19 +367,18 @@ class _ConditionedCNF(_CachedSolveMixin, Transform):
     def _solve(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         return self.flow._integrate(x, self.context, inverse)
 
-    def _owner(self) -> _CNFBase:
+    def _owner(self) -> CNFBase:
         return self.flow
 
     def _stamp_extra(self) -> tuple[Tensor, ...]:
         return (self.context,)
 
 
-class ConditionalCNF(_CNFBase, ConditionalTransformModule):
+class ConditionalCNF(CNFBase, ConditionalTransformModule):
     r"""A CNF whose vector field :math:`f(z, t, c)` reads a context vector :math:`c`.
 
-    ``.condition(c)`` returns a transform with the same caching and solve behaviour as
-    :class:`CNF`; ``c`` has shape ``(..., context_dim)`` and broadcasts against the batch shape of
-    the points.
+    ``.condition(c)`` returns a transform that caches and solves as :class:`CNF`; ``c``, of shape
+    ``(..., context_dim)``, broadcasts against the batch shape of the points.
 
     Arguments:
         input_dim: Event dimension :math:`d`.
@@ -418,7 +420,7 @@ class ConditionalCNF(_CNFBase, ConditionalTransformModule):
         check_positive_int("context_dim", context_dim)
         if field is None:
             field = MLPField(input_dim, context_dim=context_dim)
-        _CNFBase.__init__(
+        CNFBase.__init__(
             self,
             input_dim,
             field,

@@ -55,7 +55,7 @@ __all__ = [
 
 
 @contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Run with torch's default dtype set to ``dtype``.
 
     Pyro's ``AffineAutoregressive._inverse`` allocates its work tensor in the default dtype, so a
@@ -346,7 +346,7 @@ class LogLinearAutoregressive(StampedCacheMixin, AffineAutoregressive):
 
     def _inverse(self, y: Tensor) -> Tensor:
         check_vector("LogLinearAutoregressive value", y, self.input_dim)
-        with _default_dtype(y.dtype):
+        with default_dtype(y.dtype):
             return super()._inverse(y)
 
     __hash__ = TransformModule.__hash__

@@ -15,21 +15,7 @@ import torch  # noqa: F401  (used by the doctests)
 from torch.distributions import Transform
 
 from .continuous import CNF, ConditionalCNF
-from .stacks import (
-    bnaf,
-    glow,
-    householder_flow,
-    hybrid,
-    iaf,
-    maf,
-    naf,
-    nsf_autoregressive,
-    nsf_coupling,
-    planar_flow,
-    radial_flow,
-    realnvp,
-    sylvester_flow,
-)
+from .stacks import FACTORIES, RECIPES, hybrid
 
 __all__ = ["FlowSpec", "flow_names", "flow_spec", "make_flow", "register_flow"]
 
@@ -136,38 +122,16 @@ def _cnf(input_dim: int, context_dim: int = 0, **kwargs: Any) -> CNF | Condition
     return cnf(input_dim, **kwargs)
 
 
-for _spec in (
-    FlowSpec("cnf", _cnf, "continuous normalizing flow (neural ODE, exact trace)"),
-    FlowSpec("hybrid", hybrid, "RealNVP couplings followed by a CNF block", min_dim=2),
-    FlowSpec("realnvp", realnvp, "affine coupling layers (RealNVP)", min_dim=2),
-    FlowSpec("glow", glow, "ActNorm + LU linear + affine coupling (Glow)", min_dim=2),
-    FlowSpec("maf", maf, "masked autoregressive flow: one-pass density, sequential sampling"),
-    FlowSpec("iaf", iaf, "inverse autoregressive flow: one-pass sampling, sequential inverse"),
-    FlowSpec(
-        "nsf_coupling",
-        nsf_coupling,
-        "rational-quadratic spline couplings (NSF)",
-        conditional=False,
-        min_dim=2,
-    ),
-    FlowSpec(
-        "nsf_autoregressive", nsf_autoregressive, "autoregressive rational-quadratic splines (NSF)"
-    ),
-    FlowSpec("planar", planar_flow, "planar layers with a root-finding inverse"),
-    FlowSpec("radial", radial_flow, "radial layers with a closed-form inverse"),
-    FlowSpec(
-        "householder", householder_flow, "Householder reflections (volume preserving)", min_dim=2
-    ),
-    FlowSpec(
-        "sylvester",
-        sylvester_flow,
-        "Householder-Sylvester layers",
-        inverse="none",
-        conditional=False,
-    ),
-    FlowSpec("naf", naf, "neural autoregressive flow", inverse="bisection"),
-    FlowSpec(
-        "bnaf", bnaf, "block neural autoregressive flow", inverse="bisection", conditional=False
-    ),
-):
-    register_flow(_spec)
+register_flow(FlowSpec("cnf", _cnf, "continuous normalizing flow (neural ODE, exact trace)"))
+register_flow(FlowSpec("hybrid", hybrid, "RealNVP couplings followed by a CNF block", min_dim=2))
+for _recipe in RECIPES:  # the discrete stacks: one row of their table each
+    register_flow(
+        FlowSpec(
+            _recipe.flow,
+            FACTORIES[_recipe.name],
+            _recipe.description,
+            inverse=_recipe.inverse,
+            conditional=_recipe.conditional_layer is not None,
+            min_dim=_recipe.min_dim,
+        )
+    )
