@@ -81,7 +81,7 @@ def _check_flow(flow: object, require_inverse: bool) -> nn.Module:
             f"{type(flow).__name__}"
         )
     if require_inverse:
-        from ..transforms.stacks import _Bisect, _ConditionalBisect
+        from ..transforms.layers import Bisect, ConditionalBisect
 
         inverse_error = getattr(flow, "inverse_error", None)
         if inverse_error is not None:
@@ -89,7 +89,7 @@ def _check_flow(flow: object, require_inverse: bool) -> nn.Module:
                 "this flow cannot score data points (it has no inverse), so it cannot be fitted "
                 f"by maximum likelihood: {inverse_error}"
             )
-        if any(isinstance(m, (_Bisect, _ConditionalBisect)) for m in flow.modules()):
+        if any(isinstance(m, (Bisect, ConditionalBisect)) for m in flow.modules()):
             raise ValueError(
                 "this flow inverts by bisection, which is not differentiable with respect to its "
                 "parameters, so maximum likelihood would get wrong gradients; use a flow with an "

@@ -38,10 +38,10 @@ class FitResult(TrainingHistory):
 
 
 def _cnf_modules(guide: Any) -> list[Any]:
-    from ..transforms.continuous import _CNFBase
+    from ..transforms.continuous import CNFBase
 
     modules = guide.modules() if isinstance(guide, torch.nn.Module) else []
-    return [m for m in modules if isinstance(m, _CNFBase)]
+    return [m for m in modules if isinstance(m, CNFBase)]
 
 
 def regularization_penalty(guide: Any) -> Tensor | float:

@@ -35,7 +35,7 @@ import pyro.distributions as dist  # noqa: F401  (used by the doctests)
 import torch
 from torch import Tensor
 
-from ..transforms.continuous import CNF, ConditionalCNF, _CNFBase
+from ..transforms.continuous import CNF, CNFBase, ConditionalCNF
 from ._data import check_rows, chunks, parameter_device, parameter_dtype
 from .density import (
     DensityFitResult,
@@ -88,8 +88,8 @@ def ot_coupling(x0: Tensor, x1: Tensor) -> Tensor:
     return torch.as_tensor(columns, device=x1.device)
 
 
-def _check_cnf(flow: object) -> _CNFBase:
-    if not isinstance(flow, _CNFBase):
+def _check_cnf(flow: object) -> CNFBase:
+    if not isinstance(flow, CNFBase):
         raise TypeError(
             "flow matching trains the vector field of a CNF or ConditionalCNF (e.g. "
             f"make_flow('cnf', dim)), got {type(flow).__name__}"

@@ -272,9 +272,6 @@ class _CachedSolveMixin:
         return self  # type: ignore[return-value]
 
 
-_CNFBase = CNFBase  # the former name, still imported by infer/fit.py and infer/flow_matching.py
-
-
 class CNF(_CachedSolveMixin, CNFBase, TransformModule):
     r"""A continuous normalizing flow, as a Pyro ``TransformModule``.
 

@@ -51,10 +51,6 @@ __all__ = [
 ]
 
 
-_Bisect = Bisect  # the former name, still imported by pyro_cnf/infer/density.py
-_ConditionalBisect = ConditionalBisect  # likewise
-
-
 def _naf_layer(input_dim: int, hidden_dims: Sequence[int] | None, width: int) -> Bisect:
     module = T.neural_autoregressive(input_dim, hidden_dims, width=width)
     return Bisect(module, module.arn.permutation)
