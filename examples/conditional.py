@@ -103,8 +103,9 @@ def main(args: argparse.Namespace) -> None:
         [
             "Conditional density p(x | c): x0 ~ N(0, 1), x1 ~ N(c (x0^2 - 1), 0.5^2), c ~ U(-1, 1)",
             f"flow: conditional {args.flow!r}, maximum likelihood (Adam, lr {args.lr:g} decaying"
-            f" 10x, batch 256), {args.steps} steps, {args.num_samples} training and"
-            f" {args.num_samples} held-out pairs, seed {args.seed}"
+            f" 10x, batch 256),",
+            f"{args.steps} steps, {args.num_samples} training and {args.num_samples} held-out"
+            f" pairs, seed {args.seed}"
             + ("  [smoke run: the numbers mean nothing]" if args.smoke else ""),
             "",
             "flow      E_c[KL]      se",

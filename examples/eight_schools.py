@@ -15,7 +15,7 @@ over :math:`(\mu, \log\tau)`. Each guide is fitted by the same plain SVI loop an
 
 Writes ``report.txt``, ``eight_schools.png`` (each guide's draws of :math:`(\mu, \log\tau)` over
 the exact posterior's contours) and, with ArviZ, ``AutoCNF.nc`` and ``AutoNormal.nc``.
-``pyro-cnf demo`` runs this script (about two minutes on two CPU cores)::
+``pyro-cnf demo`` runs this script (2-3 minutes on two CPU cores)::
 
     python examples/eight_schools.py               # 2000 steps per guide
     python examples/eight_schools.py --smoke       # seconds: checks that everything runs

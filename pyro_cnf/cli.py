@@ -5,7 +5,7 @@
     pyro-cnf list                        # the examples, with a line on each
     pyro-cnf run funnel --smoke          # runs examples/funnel.py --smoke
     pyro-cnf run funnel --help           # a script's own options
-    pyro-cnf demo                        # eight schools: AutoCNF vs AutoNormal, ~2 minutes
+    pyro-cnf demo                        # eight schools: AutoCNF vs AutoNormal, 2-3 minutes
 
 The examples are the scripts of the repository's ``examples/`` folder; a wheel installs them as
 ``pyro_cnf/examples/``. ``pyro-cnf run NAME OPTIONS`` runs ``NAME.py`` as ``python NAME.py
@@ -39,7 +39,7 @@ examples:
   pyro-cnf run eight_schools --smoke    a run of a few seconds
   pyro-cnf run funnel --steps 1000 --seed 1 --out results/funnel
   pyro-cnf run energies --help          a script's own options
-  pyro-cnf demo                         AutoCNF vs AutoNormal on eight schools (~2 minutes)
+  pyro-cnf demo                         AutoCNF vs AutoNormal on eight schools (2-3 minutes)
 
 Every script accepts --smoke, --steps N, --seed S and --out DIR (report.txt, a PNG figure and,
 with ArviZ, InferenceData as .nc files).
@@ -136,7 +136,7 @@ def _parser() -> _Parser:
     run.add_argument("options", nargs=argparse.REMAINDER, help="the script's options")
     commands.add_parser(
         "demo",
-        help=f"run the {DEMO} example: AutoCNF vs AutoNormal (~2 minutes)",
+        help=f"run the {DEMO} example: AutoCNF vs AutoNormal (2-3 minutes)",
         description=f"Run examples/{DEMO}.py with --out pyro-cnf-out/demo; options are the "
         "script's (see 'pyro-cnf demo --help').",
         add_help=False,
@@ -156,7 +156,7 @@ def _list() -> int:
 def _dispatch(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     rest = argv[argv.index(args.command) + 1 :]  # what follows the command, in order
     if args.command == "demo":
-        print(f"pyro-cnf demo: examples/{DEMO}.py (about two minutes)", file=sys.stderr)
+        print(f"pyro-cnf demo: examples/{DEMO}.py (2-3 minutes)", file=sys.stderr)
         return _run_example(DEMO, ["--out", "pyro-cnf-out/demo", *rest])
     if extra:
         raise _UsageError(f"unrecognized arguments: {' '.join(extra)}")
