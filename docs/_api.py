@@ -28,7 +28,6 @@ MODULES: list[tuple[str, str]] = [
     ("pyro_cnf.divergence", "pyro_cnf.divergence: trace strategies"),
     ("pyro_cnf.ode", "pyro_cnf.ode: solvers"),
     ("pyro_cnf.distributions", "pyro_cnf.distributions: flow distributions"),
-    ("pyro_cnf.examples", "pyro_cnf.examples: the examples behind pyro-cnf run"),
     ("pyro_cnf.cli", "pyro_cnf.cli: the pyro-cnf command"),
 ]
 
