@@ -12,9 +12,10 @@ so one process and several run the same optimization::
     python examples/distributed_density.py --out out/single          # one process
     python examples/distributed_density.py --smoke --out out/smoke   # seconds
 
-Rank 0 writes ``OUT/result.json``: ``world_size``, ``steps``, ``val_nll`` (held-out NLL of the
-flow, nats per point), ``true_nll`` (the same points under the true density: the floor),
-``rows_per_second`` (training rows of all processes per second of training) and the settings.
+Rank 0 writes ``OUT/result.json`` and ``OUT/report.txt``: ``world_size``, ``steps``, ``val_nll``
+(held-out NLL of the flow, nats per point), ``true_nll`` (the same points under the true
+density: the floor), ``rows_per_second`` (training rows of all processes per second of
+training) and the settings.
 """
 
 from __future__ import annotations
@@ -78,9 +79,15 @@ def main(args: argparse.Namespace) -> dict[str, object]:
         "rows_per_second": result.num_steps * args.batch_size / result.train_time,
     }
     if rank == 0:  # every process holds the same result; one writes it
+        title = f"CNF by {summary['method']} on {world_size} process(es)"
+        smoke = "  [smoke run: the numbers mean little]" if args.smoke else ""
+        rows = [f"{key:<16}{value:.6g}" for key, value in summary.items() if key != "method"]
+        report = "\n".join([title + smoke, *rows])
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(json.dumps(summary, indent=2))
+        (args.out / "report.txt").write_text(report + "\n")
+        print(report)
+        print(f"\nwrote {args.out}/report.txt, result.json")
     if distributed:
         dist.destroy_process_group()
     return summary

@@ -7,6 +7,7 @@ parse and agree with what is known exactly (reference log Z, bounds that hold fo
 """
 
 import ast
+import json
 import math
 import os
 import re
@@ -143,6 +144,18 @@ def check_density_anomaly(out):
     assert 0.0 <= float(rows["TPR"][0]) <= 1.0 and 0.0 <= float(rows["ROC_AUC"][0]) <= 1.0
     assert float(rows["loc[0]"][0]) == 1.0  # the true shift
     assert _is_png(out / "density_anomaly.png")
+
+
+def check_distributed_density(out):
+    keys = {"world_size", "steps", "val_nll", "true_nll", "rows_per_second"}
+    rows = _rows(_report(out), keys)
+    assert set(rows) == keys
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == int(rows["world_size"][0]) == 1
+    assert result["steps"] == 300
+    # 300 flow-matching steps on 8192 points: within half a nat of the true density's NLL
+    assert 0 < result["val_nll"] - result["true_nll"] < 0.5
+    assert float(rows["val_nll"][0]) == pytest.approx(result["val_nll"], rel=1e-5)
 
 
 def check_posteriordb(out):

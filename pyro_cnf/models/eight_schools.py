@@ -101,7 +101,6 @@ def log_marginal(mu: Tensor, log_tau: Tensor) -> Tensor:
     return total
 
 
-_log_marginal = log_marginal  # the former name, still imported by examples/eight_schools.py
 
 
 def _moments(grid: Grid) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
