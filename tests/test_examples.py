@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -158,6 +159,18 @@ def check_distributed_density(out):
     assert float(rows["val_nll"][0]) == pytest.approx(result["val_nll"], rel=1e-5)
 
 
+def check_many_groups(out):
+    rows = _rows(_report(out), {"AutoAmortizedCNF", "AutoNormal"})
+    assert set(rows) == {"AutoAmortizedCNF", "AutoNormal"}
+    for cells in rows.values():
+        numbers = [float(cell) for cell in cells]
+        assert len(numbers) == 9
+        assert all(x >= 0 for x in numbers[:6])  # errors and sd ratios
+        assert numbers[2] >= numbers[3]  # the worst group's error bounds the mean error
+        assert numbers[4] <= numbers[5]  # sd ratios: min <= max
+    assert _is_png(out / "many_groups.png")
+
+
 def check_posteriordb(out):
     from pyro_cnf.models import load_posteriordb
 
@@ -264,6 +277,35 @@ def test_eight_schools_quadrature_is_the_exact_answer():
     assert exact["sd"] == pytest.approx(float(reference.sd["tau"]), abs=1e-6)
     coarse = namespace["exact_answer"](y, sigma, num=201)  # converged: halving the grid agrees
     assert coarse["log_Z"] == pytest.approx(exact["log_Z"], abs=1e-6)
+
+
+def test_many_groups_exact_posterior_is_the_dense_gaussian_answer():
+    """The closed forms of the example against a dense multivariate Normal computation."""
+    exact_posterior = _script_namespace("many_groups")["exact_posterior"]
+    y = 1.5 + torch.randn(6, 1) + torch.randn(6, 5)
+    exact = exact_posterior(y)
+    # all of (mu, theta, y) is jointly Gaussian: build its covariance and condition on y
+    G, n = y.shape
+    A = torch.zeros(1 + G + G * n, 1 + G + G * n)  # x = A @ independent standard normals
+    A[0, 0] = 10.0  # mu
+    A[1 : 1 + G, 0] = 10.0  # theta_i = mu + e_i
+    A[1 : 1 + G, 1 : 1 + G] = torch.eye(G)
+    rows = 1 + G + torch.arange(G * n)  # y_ij = theta_i + e_ij, row-major over (i, j)
+    A[rows] = A[1 + torch.arange(G * n) // n]
+    A[rows, rows] = 1.0
+    cov = A @ A.T
+    latent, observed = slice(0, 1 + G), slice(1 + G, None)
+    gain = cov[latent, observed] @ torch.linalg.inv(cov[observed, observed])
+    mean = gain @ y.reshape(-1)
+    post = cov[latent, latent] - gain @ cov[observed, latent]
+    assert float(exact["mu_mean"]) == pytest.approx(float(mean[0]), abs=1e-9)
+    assert float(exact["mu_sd"]) == pytest.approx(float(post[0, 0].sqrt()), abs=1e-9)
+    assert torch.allclose(exact["theta_mean"], mean[1:], atol=1e-9)
+    assert torch.allclose(exact["theta_sd"], post.diagonal()[1:].sqrt(), atol=1e-9)
+    log_z = dist.MultivariateNormal(torch.zeros(G * n), cov[observed, observed]).log_prob(
+        y.reshape(-1)
+    )
+    assert float(exact["log_z"]) == pytest.approx(float(log_z), abs=1e-8)
 
 
 def test_eight_schools_model_is_the_zoo_model():
