@@ -28,6 +28,7 @@ hence this guide.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,16 +37,22 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
-from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_value
+from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import site_is_subsample
+from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
 from ..nn import MLPField
 from ..transforms.continuous import ConditionalCNF
+from ._laplace import OUTSIDE as LAPLACE_OUTSIDE
+from ._laplace import laplace_approximation
 from .guides import TRAINING_SOLVER, AutoCNF
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["AutoAmortizedCNF"]
 
@@ -96,6 +103,19 @@ class _AmortizedAffine(nn.Module):
         return self.linear(x) + shift + log_scale.exp() * z, log_scale.sum(-1)
 
 
+class _GlobalCNF(AutoCNF):
+    """The globals' AutoCNF, its warm start given by the amortized guide (see there)."""
+
+    def __init__(self, model: Callable[..., Any], start: Callable[[], Any], **options: Any) -> None:
+        super().__init__(model, **options)
+        self._start = start
+
+    def _laplace_start(
+        self, init_loc: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor] | None:
+        return self._start()
+
+
 class AutoAmortizedCNF(AutoGuide):
     r"""A guide for models with local latents in a (subsampled) plate: see the module docs.
 
@@ -129,9 +149,13 @@ class AutoAmortizedCNF(AutoGuide):
         local_cnf: Put a conditional CNF under the amortized Gaussian (default ``True``);
             ``False`` leaves an amortized Gaussian, enough when the local posteriors are
             Gaussian given their context and the globals.
-        **global_options: Options of the globals' :class:`~pyro_cnf.AutoCNF` (default
-            ``warm_start=None``: without the local latents the globals' density is their prior,
-            whose Laplace approximation would start the guide at the prior).
+        warm_start: ``"auto"`` (default): start the globals at the Laplace approximation of
+            the joint posterior of the globals and the first subsample's locals (the model's
+            own N / B scaling makes its globals' block the right curvature, so that the
+            optimizer's steps are in posterior sds), where there is one; ``None``: at the init
+            location with scale ``init_scale``.
+        **global_options: Options of the globals' :class:`~pyro_cnf.AutoCNF` (``noncentered``,
+            ``tail_layer``, ``hidden_dims``, ...; ``noncentered`` defaults to ``False``).
 
     Raises:
         ValueError: When first run: no latent site in ``plate``, a local site in another plate
@@ -164,6 +188,7 @@ class AutoAmortizedCNF(AutoGuide):
         init_scale: float = 0.1,
         hidden_dims: Sequence[int] = (64, 64),
         local_cnf: bool = True,
+        warm_start: str | None = "auto",
         **global_options: Any,
     ) -> None:
         if not isinstance(plate, str):
@@ -181,7 +206,13 @@ class AutoAmortizedCNF(AutoGuide):
         self._init_scale = float(init_scale)
         self._hidden_dims = tuple(hidden_dims)
         self._local_cnf = local_cnf
-        global_options.setdefault("warm_start", None)
+        if warm_start not in ("auto", None):
+            raise ValueError(f"warm_start must be 'auto' or None, got {warm_start!r}")
+        if "warm_start" in global_options:
+            raise TypeError("give warm_start to AutoAmortizedCNF itself, not as a global option")
+        global_options.setdefault("noncentered", False)
+        global_options.setdefault("init_scale", init_scale)
+        self._warm_start = warm_start
         self._global_options = global_options
 
     # ----------------------------------------------------------------- set-up
@@ -238,8 +269,13 @@ class AutoAmortizedCNF(AutoGuide):
         ]
         global_dim = sum(biject_to(s["fn"].support).inv(s["value"]).numel() for _, s in global_)
         if global_:
-            self.global_guide = AutoCNF(
-                self._global_model, init_loc_fn=self.init_loc_fn, **self._global_options
+            start = self._joint_laplace(trace, global_, local, args, kwargs)
+            self.global_guide = _GlobalCNF(
+                self._global_model,
+                lambda: start,
+                init_loc_fn=self.init_loc_fn,
+                warm_start="auto" if start is not None else None,
+                **self._global_options,
             )
         dtype = local_u.dtype
         cond_dim = context.shape[-1] + global_dim
@@ -256,6 +292,70 @@ class AutoAmortizedCNF(AutoGuide):
             self.flow = ConditionalCNF(local_dim, cond_dim, field=field, solver=TRAINING_SOLVER).to(
                 dtype=dtype, device=local_u.device
             )
+
+    def _joint_laplace(
+        self,
+        trace: Any,
+        global_: list[tuple[str, Any]],
+        local: list[tuple[str, Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[Tensor, Tensor] | None:
+        """Mode and Cholesky factor of the globals' block of the subsample joint's Laplace."""
+        if self._warm_start is None or self._global_options.get("noncentered"):
+            return None
+        sites = [*global_, *local]
+        fixed = {  # the prototype's subsample of every subsampled plate
+            name: site["value"] for name, site in trace.nodes.items() if site_is_subsample(site)
+        }
+        model = poutine.condition(self.model, data=fixed)
+        initial = {name: site["value"].detach() for name, site in sites}
+        rng_state = get_rng_state()
+        try:
+            with poutine.block(), torch.enable_grad():
+                _, potential_fn, _, _ = initialize_model(
+                    model,
+                    args,
+                    kwargs,
+                    max_plate_nesting=1,
+                    init_strategy=init_to_value(values=initial),
+                    initial_params={
+                        name: biject_to(site["fn"].support).inv(site["value"].detach())
+                        for name, site in sites
+                    },
+                )
+                shapes = [
+                    (name, biject_to(s["fn"].support).inv(s["value"]).shape) for name, s in sites
+                ]
+                sizes = [int(torch.Size(shape).numel()) for _, shape in shapes]
+
+                def potential(u: Tensor) -> Tensor:
+                    parts = u.split(sizes)
+                    params = {
+                        name: p.reshape(shape)
+                        for (name, shape), p in zip(shapes, parts, strict=True)
+                    }
+                    return potential_fn(params)
+
+                init = torch.cat(
+                    [
+                        biject_to(s["fn"].support).inv(s["value"].detach()).reshape(-1)
+                        for _, s in sites
+                    ]
+                )
+                result = laplace_approximation(potential, init)
+        except (NotImplementedError, *LAPLACE_OUTSIDE) as error:
+            logger.info("AutoAmortizedCNF: no Laplace start for the globals: %s", error)
+            return None
+        finally:
+            set_rng_state(rng_state)
+        if result.reason is not None:
+            logger.info("AutoAmortizedCNF: no Laplace start for the globals: %s", result.reason)
+            return None
+        assert result.mode is not None and result.scale_tril is not None
+        g = sum(sizes[: len(global_)])
+        block = result.scale_tril[:g] @ result.scale_tril[:g].T
+        return result.mode[:g].detach().clone(), torch.linalg.cholesky(block).detach()
 
     def _context(self, idx: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         context = self.context_fn(idx, *args, **kwargs)
