@@ -61,14 +61,15 @@ def svi(model, guide, lr: float = 0.01, final_lr: float = 1e-4, steps: int = 1) 
 
 def step_cost(args: argparse.Namespace) -> None:
     steps = {}
+    pyro.clear_param_store()
     for num_groups in (2000, 20000):
         y = 1.5 + torch.randn(num_groups, 1) + torch.randn(num_groups, 5)
         for name in ("AutoAmortizedCNF", "AutoNormal"):
-            pyro.clear_param_store()
             if name == "AutoNormal":
                 guide = AutoNormal(gaussian_model)
             else:
                 guide = AutoAmortizedCNF(gaussian_model, "groups", lambda idx, y, **_: y[idx])
+            guide._pyro_name = f"{name}_{num_groups}"  # its own parameter names in the store
             run = svi(gaussian_model, guide)
             for _ in range(args.warmup):
                 run.step(y, subsample_size=100)

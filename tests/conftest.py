@@ -1,4 +1,8 @@
-"""Shared test settings: float64 by default (``--dtype float32`` to override), a fixed seed per test."""
+"""Shared test settings: float64 by default (``--dtype float32`` to override), a fixed seed per test.
+
+A module or test marked ``float64`` runs in float64 whatever ``--dtype`` says (its comparisons
+are tighter than float32's resolution).
+"""
 
 import pyro
 import pytest
@@ -12,7 +16,8 @@ def pytest_addoption(parser):
 @pytest.fixture(autouse=True)
 def _numerics(request):
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, request.config.getoption("--dtype")))
+    dtype = "float64" if request.node.get_closest_marker("float64") else None
+    torch.set_default_dtype(getattr(torch, dtype or request.config.getoption("--dtype")))
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     yield

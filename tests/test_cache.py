@@ -21,12 +21,7 @@ FLOWS = ["cnf", "realnvp", "hybrid"]  # a CNF, a coupling stack, a stack holding
 TIGHT = {"solver": Solver(rtol=1e-8, atol=1e-6), "hidden_dims": (8, 8)}
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.float64
 
 
 def _flow(name: str, seed: int):

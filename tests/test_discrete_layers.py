@@ -43,13 +43,7 @@ C = 2  # context dimension
 BATCH = (4, 2)  # point batch shape; conditional layers get two contexts, shape (2, C)
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.float64
 
 
 def _perturb(module, scale):

@@ -46,11 +46,8 @@ def _posteriordb_folder():
         pytest.skip(message)
 
 
-@pytest.fixture(autouse=True)
-def _float64(_numerics):
-    # The comparisons below are at 1e-6 to 1e-12 and the GP kernel's jitter is 1e-10: float64
-    # whatever --dtype says (the conftest fixture restores the default dtype afterwards).
-    torch.set_default_dtype(torch.float64)
+# The comparisons below are at 1e-6 to 1e-12 and the GP kernel's jitter is 1e-10.
+pytestmark = pytest.mark.float64
 
 
 def _folder(name: str) -> Path:
