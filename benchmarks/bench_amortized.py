@@ -54,6 +54,10 @@ def logistic_model(x: torch.Tensor, y: torch.Tensor, subsample_size: int | None 
         pyro.sample("y", dist.Bernoulli(logits=logits).to_event(1), obs=y[idx])
 
 
+def logistic_plate(x: torch.Tensor, y: torch.Tensor, subsample_size: int | None = None):
+    return pyro.plate("groups", x.shape[0], subsample_size=subsample_size)
+
+
 def svi(model, guide, lr: float = 0.01, final_lr: float = 1e-4, steps: int = 1) -> SVI:
     optimizer = pyro.optim.ClippedAdam({"lr": lr, "lrd": (final_lr / lr) ** (1 / steps)})
     return SVI(model, guide, optimizer, Trace_ELBO(num_particles=4, vectorize_particles=True))
@@ -132,8 +136,8 @@ def non_conjugate(args: argparse.Namespace) -> None:
     for name in ("AutoAmortizedCNF", "AutoNormal"):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        if name == "AutoNormal":
-            guide = AutoNormal(logistic_model)
+        if name == "AutoNormal":  # its plate follows each call's subsample_size
+            guide = AutoNormal(logistic_model, create_plates=logistic_plate)
         else:
             guide = AutoAmortizedCNF(
                 logistic_model, "groups", lambda idx, x, y, **_: torch.cat([x[idx], y[idx]], -1)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_positive_int, check_rows, chunks, parameter_dtype
 from .distributions import ConditionalFlowDistribution
-from .infer._data import check_rows, chunks, parameter_dtype
 from .infer.diagnostics import exact_scoring
 
 __all__ = ["AnomalyDetector", "AnomalyReport"]
@@ -108,8 +108,7 @@ class AnomalyDetector:
                 "distribution must have a log_prob method (or be a ConditionalFlowDistribution), "
                 f"got {type(distribution).__name__}"
             )
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         self.distribution = distribution
         self.batch_size = batch_size
         self.threshold: float | None = None

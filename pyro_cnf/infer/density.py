@@ -23,12 +23,13 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_number, check_positive_int
-from ..distributions import ConditionalFlowDistribution, FlowDistribution
-from ._data import (
+from .._checks import (
     check_batch_size,
     check_context_rows,
     check_device,
+    check_ema_decay,
+    check_number,
+    check_positive_int,
     check_rows,
     chunks,
     flow_input_dim,
@@ -36,6 +37,7 @@ from ._data import (
     parameter_device,
     parameter_dtype,
 )
+from ..distributions import ConditionalFlowDistribution, FlowDistribution
 from .diagnostics import exact_scoring
 from .fit import _cnf_modules, regularization_penalty
 from .training import TrainingHistory, sharded_minibatches, train
@@ -98,18 +100,6 @@ def _check_flow(flow: object, require_inverse: bool) -> nn.Module:
     return flow
 
 
-def _check_positive(name: str, value: object, integer: bool = False) -> None:
-    if integer:
-        check_positive_int(name, value)
-    else:
-        check_number(name, value, positive=True)
-
-
-def _check_ema(ema_decay: float | None) -> None:
-    if ema_decay is not None and not (isinstance(ema_decay, float) and 0.0 < ema_decay < 1.0):
-        raise ValueError(f"ema_decay must be a float in (0, 1) or None, got {ema_decay!r}")
-
-
 def _mean_nll(
     distribution: FlowDistribution | ConditionalFlowDistribution,
     flow: nn.Module,
@@ -167,15 +157,15 @@ def _check_training_options(
     val_batch_size: int,
 ) -> None:
     """Validate the options shared by the trainers."""
-    _check_positive("num_steps", num_steps, integer=True)
-    _check_positive("lr", lr)
-    _check_positive("eval_every", eval_every, integer=True)
-    _check_positive("val_batch_size", val_batch_size, integer=True)
+    check_positive_int("num_steps", num_steps)
+    check_number("lr", lr, positive=True)
+    check_positive_int("eval_every", eval_every)
+    check_positive_int("val_batch_size", val_batch_size)
     if patience is not None:
-        _check_positive("patience", patience, integer=True)
+        check_positive_int("patience", patience)
     if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
         raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
-    _check_ema(ema_decay)
+    check_ema_decay(ema_decay)
 
 
 def _check_dataset(

@@ -35,8 +35,8 @@ import pyro.distributions as dist  # noqa: F401  (used by the doctests)
 import torch
 from torch import Tensor
 
+from .._checks import check_rows, chunks, parameter_device, parameter_dtype
 from ..transforms.continuous import CNF, CNFBase, ConditionalCNF
-from ._data import check_rows, chunks, parameter_device, parameter_dtype
 from .density import (
     DensityFitResult,
     _check_dataset,

@@ -101,8 +101,6 @@ def log_marginal(mu: Tensor, log_tau: Tensor) -> Tensor:
     return total
 
 
-
-
 def _moments(grid: Grid) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     mu, tau = grid.x, grid.y.exp()
     mean, sd = {}, {}
