@@ -186,7 +186,7 @@ class AutoAmortizedCNF(AutoGuide):
         *,
         init_loc_fn: Callable[..., Any] = init_to_median,
         init_scale: float = 0.1,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] = (32, 32),
         local_cnf: bool = True,
         warm_start: str | None = "auto",
         **global_options: Any,
