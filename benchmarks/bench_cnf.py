@@ -270,7 +270,8 @@ def zuko_grid(quick: bool) -> list[Setting]:
 
 
 def ours_grid(quick: bool) -> list[Setting]:
-    tols = [1e-6, 1e-7] if quick else [1e-5, 3e-6, 1e-6, 3e-7, 1e-7, 1e-8]
+    # float32: a CNF refuses an rtol below 1e-6 (under its resolution no step can meet it)
+    tols = [1e-5, 1e-6] if quick else [1e-5, 3e-6, 1e-6]
     steps = [6, 10] if quick else [4, 6, 8, 10, 12, 16, 24]
     out = [
         Setting("ours", f"dopri5 rtol=atol={t:g}", solver=Solver("dopri5", rtol=t, atol=t))
@@ -326,14 +327,14 @@ def part1(args: argparse.Namespace, results: dict) -> dict[int, dict[str, Settin
             # it has no step budget)
             tight_z = zuko_log_prob(set_zuko_tol(copy.deepcopy(zflow), 1e-7, 1e-6), x)
             tight_o = ours_log_prob(
-                set_solver(copy.deepcopy(flow), Solver("dopri5", rtol=1e-7, atol=1e-7)), base32, x
+                set_solver(copy.deepcopy(flow), Solver("dopri5", rtol=1e-6, atol=1e-7)), base32, x
             )
             cross32 = float((tight_z - tight_o).abs().max())
         emit(
             f"d={d}: field mismatch {mismatch:.1e}; reference (ours, float64, dopri5 1e-10): "
             f"{ref_nfe} NFE, {ref_s:.1f} s; zuko float64 at tol 1e-10 vs reference: "
             f"max |diff| = {cross64:.1e} ({zref_s:.1f} s); float32 zuko (atol 1e-7, rtol 1e-6) vs "
-            f"ours (dopri5 1e-7): "
+            f"ours (dopri5 rtol 1e-6, atol 1e-7): "
             f"max |diff| = {cross32:.1e}; mean log p = {float(ref.mean()):.3f}"
         )
         assert cross64 < 1e-6, "zuko and pyro-cnf do not define the same density"
