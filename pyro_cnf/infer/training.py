@@ -329,7 +329,7 @@ def train(
         >>> history = TrainingHistory()
         >>> train(gradients, lambda params: optimizer.step(), history, num_steps=100, desc="toy",
         ...       progress=False)
-        >>> round(float(x), 4), history.num_steps
+        >>> round(float(x.detach()), 4), history.num_steps
         (3.0, 100)
     """
     from tqdm.auto import tqdm
