@@ -4,7 +4,6 @@ Exact answers: draws of known normal distributions, and a conjugate Normal model
 importance-corrected draws recover the exact posterior.
 """
 
-import math
 import subprocess
 import sys
 
@@ -14,10 +13,8 @@ matplotlib.use("Agg")  # headless
 
 import arviz as az  # noqa: E402
 import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
+from test_arviz import Y, normal_guide, normal_model, posterior  # noqa: E402, F401  (the conjugate model)
 
 import pyro_cnf  # noqa: E402
 from pyro_cnf import to_inference_data  # noqa: E402
@@ -34,32 +31,6 @@ def from_posterior(**variables):
     if ARVIZ_1:
         return az.from_dict({"posterior": variables})
     return az.from_dict(posterior=variables)
-
-
-# ---------------------------------------------------------------- a conjugate model, exact answers
-Y = torch.tensor([0.5, 1.0, 1.5, 1.2])
-PRIOR_SD = 2.0
-
-
-def normal_model():
-    mu = pyro.sample("mu", dist.Normal(0.0, PRIOR_SD))
-    with pyro.plate("data", len(Y)):
-        pyro.sample("y", dist.Normal(mu, 1.0), obs=Y)
-
-
-def posterior(y):
-    """Exact posterior N(m, s^2) of mu given observations y."""
-    precision = 1 / PRIOR_SD**2 + len(y)
-    return float(y.sum()) / precision, 1 / math.sqrt(precision)
-
-
-def normal_guide(shift=0.0, stretch=1.0):
-    m, s = posterior(Y)
-
-    def guide():
-        pyro.sample("mu", dist.Normal(m + shift * s, stretch * s))
-
-    return guide
 
 
 # ------------------------------------------------------------------------- optional dependency

@@ -255,11 +255,11 @@ class AutoAmortizedCNF(AutoGuide):
             u = biject_to(support).inv(site["value"]).reshape(site["value"].shape[0], -1)
             self._local_sites.append((name, event, support, u.shape[-1]))
             values.append(u)
-        self._group_dim = frames[0].size
+        num_groups = frames[0].size
         local_u = torch.cat(values, -1)
         idx = trace.nodes[self.plate_name]["value"] if self.plate_name in trace.nodes else None
         if idx is None:
-            idx = torch.arange(self._group_dim)
+            idx = torch.arange(num_groups)
         context = self._context(idx, args, kwargs)
         self.register_buffer("context_loc", context.mean(0).detach())
         scale = context.std(0) if context.shape[0] > 1 else torch.ones_like(context[0])
